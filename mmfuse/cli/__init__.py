@@ -1,0 +1,54 @@
+"""The ``mmfuse`` command. Sub-commands live one per module and import torch only when run.
+
+Exit codes: 0 ok, 2 bad recipe or input, 1 failure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from typing import Sequence
+
+__all__ = ["main", "COMMANDS", "EXIT_OK", "EXIT_FAILURE", "EXIT_BAD_INPUT"]
+
+EXIT_OK, EXIT_FAILURE, EXIT_BAD_INPUT = 0, 1, 2
+
+#: sub-command -> module with ``HELP``, ``add_arguments(parser)`` and ``run(args) -> int``
+COMMANDS = {
+    "validate": "mmfuse.cli.validate",
+    "plugins": "mmfuse.cli.plugins",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from mmfuse import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="mmfuse", description="Compose multimodal models from plugins and train them."
+    )
+    parser.add_argument("--version", action="version", version=f"mmfuse {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, module_name in COMMANDS.items():
+        module = importlib.import_module(module_name)
+        command = sub.add_parser(name, help=module.HELP, description=module.HELP)
+        module.add_arguments(command)
+        command.set_defaults(_run=module.run)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "_run", None):
+        parser.print_help()
+        return EXIT_BAD_INPUT
+    try:
+        return int(args._run(args) or 0)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,163 @@
+"""The contracts at each hand-over: Preprocessor -> Encoder -> FusionHead -> Task.
+
+Batch layout produced by the data pipeline and consumed by :class:`mmfuse.model.FusedModel`::
+
+    {
+      "inputs":  {encoder_name: {tensor_name: Tensor[B, ...]}},   # from Preprocessor.collate
+      "present": {encoder_name: BoolTensor[B]},                   # False where the sample lacks it
+      "targets": {task_name: Tensor[B, ...]},                     # from Task.collate_targets
+    }
+
+A missing modality is never silently fed as zeros: its rows are masked in ``present`` and every
+fusion head excludes them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import torch
+from pydantic import BaseModel
+from torch import Tensor, nn
+
+__all__ = [
+    "EncoderOutput",
+    "SampleError",
+    "Preprocessor",
+    "Encoder",
+    "FusionHead",
+    "Task",
+    "masked_mean",
+]
+
+
+@dataclass
+class EncoderOutput:
+    """What every encoder returns.
+
+    tokens: ``[B, T, D]`` token / patch / frame features.
+    mask: ``[B, T]`` bool, True for real (non-padding) tokens.
+    pooled: ``[B, D]`` one vector per sample.
+    """
+
+    tokens: Tensor
+    mask: Tensor
+    pooled: Tensor
+
+
+class SampleError(ValueError):
+    """A raw value that a preprocessor cannot turn into tensors (missing, unreadable, corrupt)."""
+
+
+class Preprocessor:
+    """Turns one raw value into tensors (CPU, in DataLoader workers) and pads a list of them.
+
+    Subclasses must be picklable (they travel to worker processes) and must not touch CUDA.
+    """
+
+    #: the modality this preprocessor reads ("text", "image", "audio", "video", ...)
+    modality: str = "unknown"
+
+    def __call__(self, value: Any) -> dict[str, Tensor]:
+        """One raw value (text, path, array...) -> named tensors. Raise SampleError on bad input."""
+        raise NotImplementedError
+
+    def collate(self, items: Sequence[dict[str, Tensor] | None]) -> dict[str, Tensor]:
+        """Stack and pad a batch; ``None`` marks a sample without this modality and must still
+        produce a row (any content: the presence mask excludes it)."""
+        raise NotImplementedError
+
+    def settings(self) -> dict[str, Any]:
+        """Plain-data preprocessing settings saved with a model folder (size, mean/std, rate...)."""
+        return {}
+
+
+class Encoder(nn.Module):
+    """Uniform interface of every encoder, so the engine never special-cases a plugin.
+
+    Subclasses set ``modality`` and ``output_dim`` and implement ``forward`` and ``preprocessor``.
+    """
+
+    modality: str = "unknown"
+    output_dim: int
+
+    def forward(self, inputs: dict[str, Tensor]) -> EncoderOutput:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def preprocessor(self) -> Preprocessor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def layer_groups(self) -> list[nn.Module]:
+        """Trainable blocks from input to output; ``trainable_layers=N`` unfreezes the last N."""
+        return [self]
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Trade compute for memory where the backbone supports it."""
+        raise NotImplementedError(f"{type(self).__name__} does not support gradient checkpointing")
+
+    def export_assets(self, folder: str) -> dict[str, Any]:
+        """Write what rebuilding this encoder offline needs (configs, tokenizer files) under
+        ``folder`` and return config overrides that point at it (weights come from the model
+        folder's safetensors, so no pretrained download is needed). Default: nothing needed."""
+        return {}
+
+
+class FusionHead(nn.Module):
+    """Built from ``{encoder_name: output_dim}``; fuses the encoders' outputs into ``[B, D]``."""
+
+    output_dim: int
+
+    def forward(  # pragma: no cover - abstract
+        self, features: dict[str, EncoderOutput], present: dict[str, Tensor]
+    ) -> Tensor:
+        raise NotImplementedError
+
+
+class Task(nn.Module):
+    """A head on the fused vector, its loss, its metrics, and the target encoding."""
+
+    #: False for tasks without a target column (contrastive alignment)
+    needs_target: bool = True
+
+    def forward(  # pragma: no cover - abstract
+        self, fused: Tensor, features: dict[str, EncoderOutput], present: dict[str, Tensor]
+    ) -> Any:
+        raise NotImplementedError
+
+    def encode_target(self, value: Any) -> Tensor:
+        """One raw target (label string, number, list) -> tensor. Raise SampleError if invalid."""
+        raise NotImplementedError
+
+    def collate_targets(self, items: Sequence[Tensor]) -> Tensor:
+        return torch.stack(list(items))
+
+    def loss(self, outputs: Any, targets: Tensor | None) -> Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def build_metrics(self) -> Any:
+        """A ``torchmetrics.MetricCollection`` (synchronised across processes by torchmetrics)."""
+        raise NotImplementedError
+
+    def update_metrics(self, metrics: Any, outputs: Any, targets: Tensor | None) -> None:
+        metrics.update(outputs, targets)
+
+    def predict(self, outputs: Any) -> list[Any]:
+        """Outputs -> one plain Python prediction per sample (labels decoded)."""
+        raise NotImplementedError
+
+    def probabilities(self, outputs: Any) -> Tensor | None:
+        """Class probabilities where the task has them, else None."""
+        return None
+
+
+def masked_mean(values: Tensor, mask: Tensor, dim: int = 1) -> Tensor:
+    """Mean of ``values`` over ``dim`` counting only positions where ``mask`` is True."""
+    weights = mask.to(values.dtype).unsqueeze(-1)
+    total = (values * weights).sum(dim)
+    count = weights.sum(dim).clamp_min(1.0)
+    return total / count
+
+
+def config_dict(config: BaseModel | None) -> dict[str, Any]:
+    return config.model_dump(mode="json") if config is not None else {}

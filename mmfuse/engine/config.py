@@ -1,0 +1,96 @@
+"""Recipe sections that the engine reads: optimizer, scheduler, trainer. Imports no torch."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+__all__ = [
+    "OptimizerConfig",
+    "SchedulerConfig",
+    "EarlyStoppingConfig",
+    "CheckpointConfig",
+    "StageConfig",
+    "TrainerConfig",
+]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class OptimizerConfig(_Section):
+    """ONE optimizer for the whole fused model; per-encoder lr / weight decay go on the encoder."""
+
+    name: Literal["sgd", "adam", "adamw", "adagrad", "adadelta"] = "adamw"
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    momentum: float = Field(0.0, ge=0, description="SGD only")
+    nesterov: bool = False
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = Field(1e-8, gt=0)
+    rho: float = Field(0.9, gt=0, lt=1, description="Adadelta only")
+    decay_bias_and_norm: bool = Field(
+        False, description="apply weight decay to biases and normalization weights too"
+    )
+    implementation: Literal["auto", "fused", "foreach", "for-loop"] = Field(
+        "auto", description="'auto' takes PyTorch's fused kernel where it exists, else foreach"
+    )
+
+
+class SchedulerConfig(_Section):
+    """Learning-rate schedule, stepped once per optimizer step, after an optional linear warmup."""
+
+    name: Literal["constant", "linear", "exponential", "cosine", "step"] = "constant"
+    warmup_steps: int = Field(0, ge=0)
+    warmup_ratio: float = Field(0.0, ge=0, lt=1, description="warmup as a fraction of all steps")
+    gamma: float = Field(0.999, gt=0, description="exponential and step decay factor")
+    step_size: int = Field(1000, gt=0, description="'step': decay every N optimizer steps")
+    min_lr_ratio: float = Field(0.0, ge=0, le=1, description="floor of linear / cosine decay")
+
+
+class EarlyStoppingConfig(_Section):
+    monitor: str = "val/loss"
+    mode: Literal["min", "max"] = "min"
+    patience: int = Field(3, ge=1)
+    min_delta: float = Field(0.0, ge=0)
+
+
+class CheckpointConfig(_Section):
+    keep_last: int = Field(2, ge=1)
+    keep_best: bool = True
+    every_steps: int | None = Field(None, gt=0, description="also checkpoint every N optimizer steps")
+
+
+class StageConfig(_Section):
+    """Staged fine-tuning: at a given epoch or step, unfreeze encoders with their own lr."""
+
+    at_epoch: int | None = Field(None, ge=0)
+    at_step: int | None = Field(None, ge=0)
+    unfreeze: list[str] = Field(default_factory=list, description="encoder names")
+    lr: float | None = Field(None, gt=0)
+    trainable_layers: int | None = Field(None, ge=0, description="unfreeze only the last N layer groups")
+
+    @model_validator(mode="after")
+    def _one_trigger(self) -> "StageConfig":
+        if (self.at_epoch is None) == (self.at_step is None):
+            raise ValueError("a stage needs exactly one of 'at_epoch' or 'at_step'")
+        return self
+
+
+class TrainerConfig(_Section):
+    epochs: int = Field(1, ge=1)
+    max_steps: int | None = Field(None, gt=0)
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    device: str = Field("auto", description="'auto', 'cpu', 'cuda', 'cuda:1', ...")
+    grad_accum_steps: int = Field(1, ge=1)
+    clip_grad_norm: float | None = Field(None, gt=0)
+    eval_every_steps: int | None = Field(None, gt=0, description="default: after every epoch")
+    log_every_steps: int = Field(10, ge=1)
+    early_stopping: EarlyStoppingConfig | None = None
+    checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
+    nonfinite_loss: Literal["skip_step", "stop"] = "skip_step"
+    stages: list[StageConfig] = Field(default_factory=list)
+    loss_weighting: Literal["fixed", "uncertainty"] = "fixed"
+    deterministic: bool = False

@@ -1,0 +1,486 @@
+"""Recipe schema, YAML loading with line numbers, dotted overrides, and all-errors-at-once validation.
+
+A recipe names the components to assemble. Each component slot (an encoder, the fusion head, a
+task, a callback) holds ``type`` plus host keys (``column``, ``lr``, ...) plus the component's own
+parameters, which the component's pydantic config class validates. The schema is therefore built
+from the registry: ``mmfuse validate`` checks a plugin's parameters too. Imports no torch.
+"""
+
+from __future__ import annotations
+
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from mmfuse.data.config import DataConfig
+from mmfuse.engine.config import OptimizerConfig, SchedulerConfig, TrainerConfig
+from mmfuse.registry import ComponentLoadError, ComponentSpec, Registry, UnknownComponentError, suggest
+
+__all__ = [
+    "Problem",
+    "RecipeError",
+    "EncoderSlot",
+    "FusionSlot",
+    "TaskSlot",
+    "CallbackSlot",
+    "Recipe",
+    "load_recipe",
+    "parse_recipe",
+    "apply_overrides",
+]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
+
+
+# --------------------------------------------------------------------------- errors
+
+
+@dataclass
+class Problem:
+    """One recipe problem: dotted path, message, and where it came from."""
+
+    path: str
+    message: str
+    line: int | None = None
+    source: str | None = None  # file name, or "override 'a.b=c'"
+
+    def __str__(self) -> str:
+        where = []
+        if self.source:
+            where.append(self.source)
+        if self.line is not None:
+            where.append(f"line {self.line}")
+        location = f" ({', '.join(where)})" if where else ""
+        return f"{self.path or '<recipe>'}{location}: {self.message}"
+
+
+class RecipeError(ValueError):
+    """A recipe (or its overrides) is invalid; ``problems`` lists every problem found."""
+
+    def __init__(self, problems: list[Problem], source: str | None = None) -> None:
+        self.problems = problems
+        self.source = source
+        super().__init__(self._format())
+
+    def _format(self) -> str:
+        name = self.source or "recipe"
+        count = len(self.problems)
+        head = f"{name}: {count} problem{'s' if count != 1 else ''}"
+        return head + "".join(f"\n  - {p}" for p in self.problems)
+
+
+# --------------------------------------------------------------------------- schema
+
+
+class EncoderSlot(_Strict):
+    """Host keys of an encoder slot; the rest of the slot is the encoder's own config."""
+
+    type: str
+    column: str | None = Field(None, description="manifest column; default: the slot name")
+    freeze: bool = False
+    trainable_layers: int | None = Field(
+        None, ge=0, description="train only the last N layer groups (implies freeze of the rest)"
+    )
+    lr: float | None = Field(None, gt=0, description="default: optimizer.lr")
+    weight_decay: float | None = Field(None, ge=0, description="default: optimizer.weight_decay")
+    params: Any = None
+
+
+class FusionSlot(_Strict):
+    type: str
+    lr: float | None = Field(None, gt=0)
+    weight_decay: float | None = Field(None, ge=0)
+    params: Any = None
+
+
+class TaskSlot(_Strict):
+    type: str
+    target: str | None = Field(None, description="target column; default: the task name")
+    weight: float = Field(1.0, ge=0, description="loss weight in the weighted sum")
+    lr: float | None = Field(None, gt=0)
+    weight_decay: float | None = Field(None, ge=0)
+    params: Any = None
+
+
+class CallbackSlot(_Strict):
+    type: str
+    params: Any = None
+
+
+#: slot model, registry kind
+_SLOT_KINDS: dict[str, tuple[type[_Strict], str]] = {
+    "encoders": (EncoderSlot, "encoder"),
+    "fusion": (FusionSlot, "fusion"),
+    "tasks": (TaskSlot, "task"),
+    "callbacks": (CallbackSlot, "callback"),
+}
+
+
+class _RawRecipe(_Strict):
+    """Top-level shape; component slots stay raw dicts and are validated slot by slot."""
+
+    name: str = "mmfuse-run"
+    seed: int = 0
+    data: DataConfig = Field(default_factory=DataConfig)
+    encoders: dict[str, dict[str, Any]]
+    fusion: dict[str, Any]
+    tasks: dict[str, dict[str, Any]]
+    optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
+    scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig)
+    trainer: TrainerConfig = Field(default_factory=TrainerConfig)
+    callbacks: list[dict[str, Any]] = Field(default_factory=list)
+    output_dir: str = Field("runs", description="run folders are created under this folder")
+
+
+class Recipe(_Strict):
+    """A validated recipe. Component slots carry their validated config in ``params``."""
+
+    name: str
+    seed: int
+    data: DataConfig
+    encoders: dict[str, EncoderSlot]
+    fusion: FusionSlot
+    tasks: dict[str, TaskSlot]
+    optimizer: OptimizerConfig
+    scheduler: SchedulerConfig
+    trainer: TrainerConfig
+    callbacks: list[CallbackSlot]
+    output_dir: str
+    source_path: Path | None = None
+
+    def column_of(self, encoder_name: str) -> str:
+        return self.encoders[encoder_name].column or encoder_name
+
+    def target_of(self, task_name: str) -> str:
+        return self.tasks[task_name].target or task_name
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data, with each slot's params folded back in: what a resolved recipe file holds."""
+
+        def slot(s: _Strict) -> dict[str, Any]:
+            host = s.model_dump(mode="json", exclude={"params"}, exclude_defaults=True)
+            host["type"] = s.type
+            params = s.params.model_dump(mode="json") if isinstance(s.params, BaseModel) else {}
+            return {**host, **params}
+
+        return {
+            "name": self.name,
+            "seed": self.seed,
+            "output_dir": self.output_dir,
+            "data": self.data.model_dump(mode="json"),
+            "encoders": {k: slot(v) for k, v in self.encoders.items()},
+            "fusion": slot(self.fusion),
+            "tasks": {k: slot(v) for k, v in self.tasks.items()},
+            "optimizer": self.optimizer.model_dump(mode="json"),
+            "scheduler": self.scheduler.model_dump(mode="json"),
+            "trainer": self.trainer.model_dump(mode="json"),
+            "callbacks": [slot(c) for c in self.callbacks],
+        }
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+# --------------------------------------------------------------------------- YAML with lines
+
+
+@dataclass
+class _Source:
+    """Where each dotted path of the raw recipe came from."""
+
+    file: str | None = None
+    lines: dict[tuple[str, ...], int] = field(default_factory=dict)
+    overrides: dict[tuple[str, ...], str] = field(default_factory=dict)
+
+    def locate(self, path: tuple[str, ...]) -> tuple[int | None, str | None]:
+        for key, text in self.overrides.items():
+            if path and key[: len(path)] == path:
+                return None, f"override '{text}'"
+        for end in range(len(path), -1, -1):
+            prefix = path[:end]
+            if prefix in self.overrides:
+                return None, f"override '{self.overrides[prefix]}'"
+            if prefix in self.lines:
+                return self.lines[prefix], self.file
+        return None, self.file
+
+
+def _record_lines(node: yaml.Node, path: tuple[str, ...], lines: dict[tuple[str, ...], int]) -> None:
+    lines.setdefault(path, node.start_mark.line + 1)
+    if isinstance(node, yaml.MappingNode):
+        for key_node, value_node in node.value:
+            key = str(key_node.value)
+            lines[path + (key,)] = key_node.start_mark.line + 1
+            _record_lines(value_node, path + (key,), lines)
+            lines[path + (key,)] = key_node.start_mark.line + 1
+    elif isinstance(node, yaml.SequenceNode):
+        for index, item in enumerate(node.value):
+            _record_lines(item, path + (str(index),), lines)
+
+
+def _read_yaml(text: str, file: str | None) -> tuple[Any, _Source]:
+    source = _Source(file=file)
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = mark.line + 1 if mark is not None else None
+        raise RecipeError([Problem("", f"invalid YAML: {exc}", line, file)], file) from exc
+    if node is not None:
+        _record_lines(node, (), source.lines)
+    return data, source
+
+
+# --------------------------------------------------------------------------- overrides
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str], source: _Source | None = None) -> list[Problem]:
+    """Apply ``a.b.c=value`` overrides in place (values parsed as YAML); return malformed ones."""
+    problems: list[Problem] = []
+    for text in overrides:
+        key, sep, value_text = text.partition("=")
+        key = key.strip()
+        if not sep or not key or any(not part for part in key.split(".")):
+            problems.append(
+                Problem(key or text, f"override '{text}' is not of the form key.path=value (e.g. trainer.epochs=3)")
+            )
+            continue
+        try:
+            value = yaml.safe_load(value_text) if value_text.strip() else ""
+        except yaml.YAMLError as exc:
+            problems.append(Problem(key, f"override '{text}': value is not valid YAML ({exc})"))
+            continue
+        parts = key.split(".")
+        node: Any = raw
+        for depth, part in enumerate(parts[:-1]):
+            if isinstance(node, list) and part.isdigit() and int(part) < len(node):
+                node = node[int(part)]
+                continue
+            if not isinstance(node, dict):
+                problems.append(
+                    Problem(key, f"override '{text}': '{'.'.join(parts[:depth])}' is not a mapping")
+                )
+                node = None
+                break
+            node = node.setdefault(part, {})
+        if node is None:
+            continue
+        last = parts[-1]
+        if isinstance(node, list) and last.isdigit() and int(last) < len(node):
+            node[int(last)] = value
+        elif isinstance(node, dict):
+            node[last] = value
+        else:
+            problems.append(Problem(key, f"override '{text}': '{'.'.join(parts[:-1])}' is not a mapping"))
+            continue
+        if source is not None:
+            source.overrides[tuple(parts)] = text
+    return problems
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def _field_names(model: Any) -> list[str]:
+    if isinstance(model, type) and issubclass(model, BaseModel):
+        return list(model.model_fields)
+    return []
+
+
+def _model_at(model: Any, loc: tuple[Any, ...]) -> Any:
+    """Follow a pydantic error location through nested models, dicts, lists and Optionals."""
+    for part in loc:
+        if isinstance(model, type) and issubclass(model, BaseModel):
+            info = model.model_fields.get(str(part))
+            if info is None:
+                return None
+            model = info.annotation
+        else:
+            args = [a for a in typing.get_args(model) if a is not type(None)]
+            origin = typing.get_origin(model)
+            if origin in (dict, list) and args:
+                model = args[-1]
+            elif args:
+                model = args[0]
+                return _model_at(model, (part,)) if isinstance(part, str) else model
+            else:
+                return None
+    args = [a for a in typing.get_args(model) if a is not type(None)]
+    if args and not (isinstance(model, type) and issubclass(model, BaseModel)):
+        for a in args:
+            if isinstance(a, type) and issubclass(a, BaseModel):
+                return a
+    return model
+
+
+def _pydantic_problems(
+    exc: ValidationError,
+    prefix: tuple[str, ...],
+    source: _Source,
+    model: Any,
+    extra_fields: list[str] = (),  # type: ignore[assignment]
+) -> list[Problem]:
+    problems = []
+    for err in exc.errors():
+        loc = tuple(str(p) for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
+        # drop union-branch tags pydantic inserts (e.g. 'EarlyStoppingConfig')
+        loc = tuple(p for p in loc if not (p[:1].isupper() and p.endswith("Config")))
+        path = prefix + loc
+        message = err["msg"]
+        if err["type"] == "extra_forbidden":
+            parent = _model_at(model, tuple(err["loc"][:-1]))
+            candidates = _field_names(parent) + (list(extra_fields) if len(loc) == 1 else [])
+            message = f"unknown key '{loc[-1]}'"
+            hint = suggest(loc[-1], [c for c in candidates if c != "params"])
+            if hint:
+                message += f". Did you mean '{hint}'?"
+            elif candidates:
+                message += f". Allowed keys: {', '.join(c for c in candidates if c != 'params')}"
+        elif err["type"] == "missing":
+            message = f"missing required key '{loc[-1]}'"
+        elif "input" in err and err["type"] not in ("model_type", "dict_type"):
+            message += f" (got {err['input']!r})"
+        line, where = source.locate(path)
+        problems.append(Problem(".".join(path), message, line, where))
+    return problems
+
+
+def _validate_slot(
+    raw: Any,
+    path: tuple[str, ...],
+    slot_model: type[_Strict],
+    kind: str,
+    registry: Registry,
+    source: _Source,
+) -> tuple[_Strict | None, list[Problem]]:
+    if not isinstance(raw, dict):
+        line, where = source.locate(path)
+        return None, [Problem(".".join(path), f"expected a mapping with a 'type' key, got {raw!r}", line, where)]
+    type_name = raw.get("type")
+    if not isinstance(type_name, str):
+        line, where = source.locate(path + ("type",))
+        names = ", ".join(registry.names(kind)[:12])
+        return None, [Problem(".".join(path + ("type",)), f"missing {kind} type; one of: {names}", line, where)]
+    try:
+        spec: ComponentSpec = registry.get(kind, type_name)
+    except (UnknownComponentError, ComponentLoadError) as exc:
+        line, where = source.locate(path + ("type",))
+        return None, [Problem(".".join(path + ("type",)), str(exc), line, where)]
+
+    host_keys = set(slot_model.model_fields) - {"params"}
+    host = {k: v for k, v in raw.items() if k in host_keys}
+    params = {k: v for k, v in raw.items() if k not in host_keys}
+    host["type"] = spec.name
+    problems: list[Problem] = []
+    config = None
+    try:
+        config = spec.config.model_validate(params)
+    except ValidationError as exc:
+        problems += _pydantic_problems(exc, path, source, spec.config, extra_fields=sorted(host_keys))
+    slot = None
+    try:
+        slot = slot_model.model_validate(host)
+    except ValidationError as exc:
+        problems += _pydantic_problems(exc, path, source, slot_model)
+    if slot is not None and config is not None:
+        slot.params = config
+        return slot, problems
+    return None, problems
+
+
+def parse_recipe(
+    raw: Any,
+    registry: Registry | None = None,
+    *,
+    overrides: list[str] = (),  # type: ignore[assignment]
+    file: str | None = None,
+    _source: _Source | None = None,
+) -> Recipe:
+    """Validate raw recipe data (a dict) against the registry; raise RecipeError with ALL problems."""
+    if registry is None:
+        from mmfuse.plugins import get_registry
+
+        registry = get_registry()
+    source = _source or _Source(file=file)
+    if not isinstance(raw, dict):
+        raise RecipeError([Problem("", "a recipe must be a YAML mapping", 1, source.file)], source.file)
+    raw = _deep_copy(raw)
+    problems = apply_overrides(raw, list(overrides), source)
+
+    try:
+        top = _RawRecipe.model_validate(raw)
+    except ValidationError as exc:
+        problems += _pydantic_problems(exc, (), source, _RawRecipe)
+        top = None
+
+    slots: dict[str, Any] = {}
+    for section, (slot_model, kind) in _SLOT_KINDS.items():
+        value = raw.get(section)
+        if section == "fusion":
+            if isinstance(value, dict):
+                slot, found = _validate_slot(value, ("fusion",), slot_model, kind, registry, source)
+                problems += found
+                slots["fusion"] = slot
+        elif section == "callbacks":
+            slots["callbacks"] = []
+            for index, item in enumerate(value or []):
+                slot, found = _validate_slot(item, (section, str(index)), slot_model, kind, registry, source)
+                problems += found
+                slots["callbacks"].append(slot)
+        elif isinstance(value, dict):
+            slots[section] = {}
+            for name, item in value.items():
+                slot, found = _validate_slot(item, (section, str(name)), slot_model, kind, registry, source)
+                problems += found
+                slots[section][name] = slot
+            if not value:
+                line, where = source.locate((section,))
+                problems.append(Problem(section, f"at least one entry is needed under '{section}'", line, where))
+
+    if problems or top is None:
+        raise RecipeError(problems, source.file)
+    return Recipe(
+        name=top.name,
+        seed=top.seed,
+        data=top.data,
+        encoders=slots["encoders"],
+        fusion=slots["fusion"],
+        tasks=slots["tasks"],
+        optimizer=top.optimizer,
+        scheduler=top.scheduler,
+        trainer=top.trainer,
+        callbacks=slots["callbacks"],
+        output_dir=top.output_dir,
+        source_path=Path(file) if file else None,
+    )
+
+
+def _deep_copy(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _deep_copy(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_deep_copy(v) for v in value]
+    return value
+
+
+def load_recipe(
+    path: str | Path,
+    overrides: list[str] = (),  # type: ignore[assignment]
+    registry: Registry | None = None,
+) -> Recipe:
+    """Read a recipe YAML file, apply dotted overrides, validate; raise RecipeError on problems."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise RecipeError([Problem("", f"cannot read recipe: {exc.strerror or exc}", None, str(path))], str(path)) from exc
+    raw, source = _read_yaml(text, str(path))
+    return parse_recipe(raw, registry, overrides=overrides, file=str(path), _source=source)
+

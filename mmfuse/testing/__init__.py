@@ -1,0 +1,1 @@
+"""mmfuse.testing: conformance kit for plugin authors (being built)."""

@@ -1,0 +1,1 @@
+"""pytest plugin of mmfuse.testing (being built)."""

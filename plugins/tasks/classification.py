@@ -1,0 +1,78 @@
+"""``mmfuse/classification``: single-label classification with a label vocabulary."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+import torchmetrics
+from torch import Tensor
+
+from mmfuse.contracts import EncoderOutput, SampleError, Task
+from mmfuse_plugins.tasks import ClassificationConfig
+from mmfuse_plugins.tasks.head import make_head
+
+__all__ = ["ClassificationTask", "build_classification"]
+
+
+class ClassificationTask(Task):
+    def __init__(self, config: ClassificationConfig, fused_dim: int) -> None:
+        super().__init__()
+        if config.labels is None:
+            raise ValueError(
+                "classification task has no labels: give 'labels' in the recipe or train on data "
+                "so they are learned from the training split"
+            )
+        self.config = config
+        self.labels = list(config.labels)
+        self.index = {str(label): i for i, label in enumerate(self.labels)}
+        self.num_classes = len(self.labels)
+        self.head = make_head(fused_dim, self.num_classes, config.hidden_dim, config.dropout)
+        weights = None
+        if config.class_weights:
+            weights = torch.tensor([config.class_weights.get(str(label), 1.0) for label in self.labels])
+        self.register_buffer("class_weights", weights, persistent=False)
+
+    def forward(self, fused: Tensor, features: dict[str, EncoderOutput], present: dict[str, Tensor]) -> Tensor:
+        return self.head(fused)
+
+    def encode_target(self, value: Any) -> Tensor:
+        if value is None:
+            raise SampleError("missing label")
+        index = self.index.get(str(value))
+        if index is None:
+            known = ", ".join(repr(label) for label in self.labels[:10])
+            raise SampleError(f"unknown label {value!r}; known labels: {known}")
+        return torch.tensor(index, dtype=torch.long)
+
+    def loss(self, outputs: Tensor, targets: Tensor | None) -> Tensor:
+        if targets is None:
+            raise ValueError("classification loss needs targets")
+        return F.cross_entropy(
+            outputs.float(), targets, weight=self.class_weights, label_smoothing=self.config.label_smoothing
+        )
+
+    def build_metrics(self) -> torchmetrics.MetricCollection:
+        n = self.num_classes
+        return torchmetrics.MetricCollection(
+            {
+                "accuracy": torchmetrics.classification.MulticlassAccuracy(n, average="micro"),
+                "precision": torchmetrics.classification.MulticlassPrecision(n, average="macro"),
+                "recall": torchmetrics.classification.MulticlassRecall(n, average="macro"),
+                "f1": torchmetrics.classification.MulticlassF1Score(n, average="macro"),
+            }
+        )
+
+    def update_metrics(self, metrics: Any, outputs: Tensor, targets: Tensor | None) -> None:
+        metrics.update(outputs.detach().float(), targets)
+
+    def predict(self, outputs: Tensor) -> list[Any]:
+        return [self.labels[i] for i in outputs.argmax(-1).tolist()]
+
+    def probabilities(self, outputs: Tensor) -> Tensor:
+        return outputs.float().softmax(-1)
+
+
+def build_classification(config: ClassificationConfig, fused_dim: int, encoder_dims: dict[str, int]) -> ClassificationTask:
+    return ClassificationTask(config, fused_dim)

@@ -1,0 +1,20 @@
+"""Shared test set-up: offline hubs, one torch thread, a fresh registry per test."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _fresh_default_registry():
+    """No registry state leaks between tests."""
+    from mmfuse.plugins import reset_default_registry
+
+    reset_default_registry()
+    yield
+    reset_default_registry()

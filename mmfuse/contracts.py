@@ -6,6 +6,7 @@ Batch layout produced by the data pipeline and consumed by :class:`mmfuse.model.
       "inputs":  {encoder_name: {tensor_name: Tensor[B, ...]}},   # from Preprocessor.collate
       "present": {encoder_name: BoolTensor[B]},                   # False where the sample lacks it
       "targets": {task_name: Tensor[B, ...]},                     # from Task.collate_targets
+      "skipped": int,            # optional: samples dropped from this batch (data.on_bad_sample: skip)
     }
 
 A missing modality is never silently fed as zeros: its rows are masked in ``present`` and every
@@ -58,6 +59,10 @@ class Preprocessor:
 
     #: the modality this preprocessor reads ("text", "image", "audio", "video", ...)
     modality: str = "unknown"
+    #: True when raw values are file paths: the data pipeline resolves relative paths against the
+    #: data root before calling the preprocessor (in-memory values such as PIL images or
+    #: (array, sample_rate) tuples pass through unchanged)
+    reads_files: bool = False
 
     def __call__(self, value: Any) -> dict[str, Tensor]:
         """One raw value (text, path, array...) -> named tensors. Raise SampleError on bad input."""
@@ -97,9 +102,14 @@ class Encoder(nn.Module):
         raise NotImplementedError(f"{type(self).__name__} does not support gradient checkpointing")
 
     def export_assets(self, folder: str) -> dict[str, Any]:
-        """Write what rebuilding this encoder offline needs (configs, tokenizer files) under
-        ``folder`` and return config overrides that point at it (weights come from the model
-        folder's safetensors, so no pretrained download is needed). Default: nothing needed."""
+        """Make this encoder rebuildable offline, for a portable model folder.
+
+        Write what rebuilding the architecture needs (model config, tokenizer files) into
+        ``folder`` (an empty directory reserved for this encoder) and return the config overrides
+        that make the builder use it, e.g. ``{"model": "<folder>/hf", "pretrained": False}``.
+        Path values are returned as absolute paths inside ``folder``; the model folder stores
+        them relative to itself. Weights come from the model folder's safetensors, so nothing is
+        downloaded. Default: nothing needed (the config alone rebuilds the module)."""
         return {}
 
 

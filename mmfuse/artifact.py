@@ -1,0 +1,455 @@
+"""Save and load a trained FusedModel as a portable model folder (safetensors, no pickle).
+
+A model folder holds::
+
+    model.safetensors    the weights (state dict; tied tensors stored once, see mmfuse.json)
+    recipe.yaml          the resolved recipe: label vocabularies, encoder configs rewritten by
+                         ``Encoder.export_assets`` so the folder rebuilds offline
+    assets/<encoder>/    files an encoder needs to rebuild itself (model config, tokenizer files)
+    preprocessing.json   each encoder's column, modality and ``preprocessor().settings()``
+    labels.json          label vocabularies of the tasks that have them (for people)
+    mmfuse.json          format version, versions (mmfuse, torch, python, each plugin), the
+                         components and the distribution that provided each, weights checksum
+
+Loading rebuilds the model from the recipe through the registry (``parse_recipe`` +
+``build_fused_model``) and loads the weights strictly. Compatibility policy: a folder written by
+a different *major* version of mmfuse, or by a *newer minor* version than the one installed, is
+refused; a plugin distribution of a different major version than the one that built the folder is
+refused. Older minors and any patch version load.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import re
+import shutil
+import tempfile
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+import mmfuse
+from mmfuse.model import FusedModel, build_fused_model
+from mmfuse.recipe import Recipe, RecipeError, parse_recipe
+from mmfuse.registry import ComponentLoadError, Registry, UnknownComponentError
+
+__all__ = [
+    "FORMAT_VERSION",
+    "ModelFolderError",
+    "save",
+    "load_model",
+    "resolve_model_dir",
+    "read_manifest",
+]
+
+FORMAT_VERSION = 1
+WEIGHTS_FILE = "model.safetensors"
+MANIFEST_FILE = "mmfuse.json"
+RECIPE_FILE = "recipe.yaml"
+PREPROCESSING_FILE = "preprocessing.json"
+LABELS_FILE = "labels.json"
+ASSETS_DIR = "assets"
+
+
+class ModelFolderError(ValueError):
+    """A model folder that cannot be loaded: missing plugin, incompatible version, bad weights."""
+
+
+# --------------------------------------------------------------------------- save
+
+
+def save(model: FusedModel, path: str | os.PathLike[str], recipe: Recipe, registry: Registry | None = None) -> Path:
+    """Write ``model`` and its resolved ``recipe`` as a model folder at ``path``; return the path.
+
+    The folder is written into a temporary sibling and renamed into place, so a reader never sees
+    a half-written folder. An existing model folder at ``path`` is replaced; any other non-empty
+    folder is left alone and an error is raised.
+    """
+    target = Path(path).absolute()
+    _check_replaceable(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    try:
+        raw, asset_paths = _recipe_with_assets(model, recipe, staging)
+        weights = _write_weights(model, staging / WEIGHTS_FILE)
+        _write_text(staging / RECIPE_FILE, yaml.safe_dump(raw, sort_keys=False))
+        _write_json(staging / PREPROCESSING_FILE, _preprocessing(model, recipe))
+        _write_json(staging / LABELS_FILE, _labels(recipe))
+        components = _components(model, recipe, registry)
+        manifest = {
+            "format": FORMAT_VERSION,
+            "versions": _versions(components),
+            "components": components,
+            "weights": weights,
+            "asset_paths": asset_paths,
+        }
+        _write_json(staging / MANIFEST_FILE, manifest)
+        _swap_into_place(staging, target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return target
+
+
+def _check_replaceable(target: Path) -> None:
+    if target.exists() and not target.is_dir():
+        raise ModelFolderError(f"{target} exists and is not a folder; choose another path")
+    if target.is_dir() and any(target.iterdir()) and not (target / MANIFEST_FILE).is_file():
+        raise ModelFolderError(
+            f"{target} is a non-empty folder that is not an mmfuse model folder; refusing to replace "
+            f"it. Choose an empty or new path."
+        )
+
+
+def _swap_into_place(staging: Path, target: Path) -> None:
+    if not target.exists():
+        os.replace(staging, target)
+        return
+    old = target.with_name(f".{target.name}.old-{os.getpid()}")
+    os.replace(target, old)
+    os.replace(staging, target)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _recipe_with_assets(model: FusedModel, recipe: Recipe, folder: Path) -> tuple[dict[str, Any], dict[str, str]]:
+    """The resolved recipe with each encoder's ``export_assets`` overrides folded in; path values
+    are stored relative to the model folder and listed in ``asset_paths`` (dotted recipe key ->
+    relative path) so loading can resolve them back."""
+    raw = recipe.to_dict()
+    asset_paths: dict[str, str] = {}
+    for name, encoder in model.encoders.items():
+        encoder_dir = folder / ASSETS_DIR / name
+        encoder_dir.mkdir(parents=True)
+        overrides = dict(encoder.export_assets(str(encoder_dir)) or {})
+        if name in recipe.encoders and overrides:
+            params = recipe.encoders[name].params
+            # validate now: a bad override should fail at save time, not when someone loads it
+            type(params).model_validate({**params.model_dump(mode="json"), **overrides})
+        for key, value in overrides.items():
+            relative = _relative_inside(value, folder)
+            if relative is not None:
+                asset_paths[f"encoders.{name}.{key}"] = relative
+                value = relative
+            raw["encoders"][name][key] = value
+        if not any(encoder_dir.iterdir()):
+            encoder_dir.rmdir()
+    assets = folder / ASSETS_DIR
+    if assets.is_dir() and not any(assets.iterdir()):
+        assets.rmdir()
+    return raw, asset_paths
+
+
+def _relative_inside(value: Any, folder: Path) -> str | None:
+    if not isinstance(value, (str, os.PathLike)):
+        return None
+    candidate = Path(value)
+    if not candidate.is_absolute():
+        return None
+    try:
+        return candidate.resolve().relative_to(folder.resolve()).as_posix()
+    except ValueError:
+        return None
+
+
+def _write_weights(model: FusedModel, file: Path) -> dict[str, Any]:
+    """Save the state dict with safetensors; tensors that are the same tensor (tied weights) are
+    stored once and recorded as aliases."""
+    from safetensors.torch import save_file
+
+    tensors: dict[str, torch.Tensor] = {}
+    aliases: dict[str, str] = {}
+    seen: dict[tuple[Any, ...], str] = {}
+    storages: set[int] = set()
+    for key, tensor in model.state_dict().items():
+        tensor = tensor.detach()
+        identity = (tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tuple(tensor.shape),
+                    tuple(tensor.stride()), tensor.dtype, tensor.device)
+        if tensor.numel() and identity in seen:
+            aliases[key] = seen[identity]
+            continue
+        seen[identity] = key
+        storage = tensor.untyped_storage().data_ptr()
+        # safetensors refuses tensors that share memory; a partial view gets its own copy
+        tensor = tensor.clone() if storage in storages and tensor.numel() else tensor
+        storages.add(storage)
+        tensors[key] = tensor.to("cpu").contiguous()
+    save_file(tensors, str(file), metadata={"format": "pt", "mmfuse_aliases": json.dumps(aliases)})
+    _fsync(file)
+    return {"file": WEIGHTS_FILE, "sha256": _sha256(file), "bytes": file.stat().st_size, "aliases": aliases}
+
+
+def _preprocessing(model: FusedModel, recipe: Recipe) -> dict[str, Any]:
+    settings = {}
+    for name, encoder in model.encoders.items():
+        preprocessor = encoder.preprocessor()
+        settings[name] = {
+            "column": recipe.column_of(name) if name in recipe.encoders else name,
+            "modality": preprocessor.modality,
+            "reads_files": preprocessor.reads_files,
+            "settings": _plain(preprocessor.settings()),
+        }
+    return settings
+
+
+def _labels(recipe: Recipe) -> dict[str, list[Any]]:
+    labels = {}
+    for name, slot in recipe.tasks.items():
+        vocabulary = getattr(slot.params, "labels", None)
+        if vocabulary is not None:
+            labels[name] = list(vocabulary)
+    return labels
+
+
+def _versions(components: list[dict[str, Any]]) -> dict[str, Any]:
+    plugins = {c["distribution"]: c["version"] for c in components if c["distribution"]}
+    return {
+        "mmfuse": mmfuse.__version__,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "plugins": dict(sorted(plugins.items())),
+    }
+
+
+def _components(model: FusedModel, recipe: Recipe, registry: Registry | None) -> list[dict[str, Any]]:
+    """Each component slot with the plugin, distribution and version that provided it."""
+    if registry is None:
+        from mmfuse.plugins import get_registry
+
+        registry = get_registry()
+    slots = [("encoder", f"encoders.{n}", s.type, model.encoders[n]) for n, s in recipe.encoders.items()]
+    slots.append(("fusion", "fusion", recipe.fusion.type, model.fusion))
+    slots += [("task", f"tasks.{n}", s.type, model.tasks[n]) for n, s in recipe.tasks.items()]
+    components = []
+    for kind, slot, type_name, module in slots:
+        try:
+            provenance = registry.get(kind, type_name).provenance
+            plugin, dist, version = provenance.plugin, provenance.distribution, provenance.version
+        except UnknownComponentError:
+            plugin, dist, version = None, None, None
+        if dist is None:
+            dist, version = _distribution_of(type(module).__module__)
+        components.append(
+            {"kind": kind, "slot": slot, "type": type_name, "plugin": plugin, "distribution": dist, "version": version}
+        )
+    return components
+
+
+def _distribution_of(module_name: str) -> tuple[str | None, str | None]:
+    top = module_name.split(".", 1)[0]
+    for dist in metadata.packages_distributions().get(top, []):
+        try:
+            return dist, metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            continue
+    return None, None
+
+
+# --------------------------------------------------------------------------- load
+
+
+def resolve_model_dir(path: str | os.PathLike[str]) -> Path:
+    """A model folder, or a run folder holding one in ``model/``."""
+    path = Path(path)
+    for candidate in (path, path / "model"):
+        if (candidate / MANIFEST_FILE).is_file():
+            return candidate
+    if not path.exists():
+        raise ModelFolderError(f"{path} does not exist")
+    raise ModelFolderError(
+        f"{path} is not an mmfuse model folder (no {MANIFEST_FILE}, and no model/{MANIFEST_FILE}); "
+        f"pass the folder written by mmfuse.save or a run folder of `mmfuse train`"
+    )
+
+
+def read_manifest(model_dir: Path) -> dict[str, Any]:
+    file = model_dir / MANIFEST_FILE
+    try:
+        manifest = json.loads(file.read_text())
+    except (OSError, ValueError) as exc:
+        raise ModelFolderError(f"{file}: cannot read the model manifest: {exc}") from exc
+    if not isinstance(manifest, dict) or "format" not in manifest:
+        raise ModelFolderError(f"{file}: not an mmfuse model manifest (no 'format' key)")
+    return manifest
+
+
+def load_model(
+    path: str | os.PathLike[str], registry: Registry | None = None, device: str | torch.device = "cpu"
+) -> tuple[FusedModel, Recipe]:
+    """Rebuild the FusedModel of a model folder (or run folder) in eval mode on ``device``."""
+    model_dir = resolve_model_dir(path)
+    manifest = read_manifest(model_dir)
+    _check_versions(manifest, model_dir)
+    if registry is None:
+        from mmfuse.plugins import get_registry
+
+        registry = get_registry()
+    _check_components(manifest, registry, model_dir)
+    recipe = _read_recipe(model_dir, manifest, registry)
+    try:
+        model = build_fused_model(recipe, registry)
+    except ComponentLoadError as exc:
+        raise ModelFolderError(f"{model_dir}: {exc}") from exc
+    state = _read_weights(model_dir, manifest)
+    _load_state(model, state, model_dir / WEIGHTS_FILE)
+    return model.to(device).eval(), recipe
+
+
+def _check_versions(manifest: dict[str, Any], model_dir: Path) -> None:
+    where = model_dir / MANIFEST_FILE
+    if int(manifest["format"]) > FORMAT_VERSION:
+        raise ModelFolderError(
+            f"{where}: model folder format {manifest['format']} is newer than this mmfuse reads "
+            f"({FORMAT_VERSION}); upgrade mmfuse (pip install -U mmfuse)"
+        )
+    saved = str(manifest.get("versions", {}).get("mmfuse", "0"))
+    saved_mm, installed_mm = _major_minor(saved), _major_minor(mmfuse.__version__)
+    if saved_mm[0] != installed_mm[0] or saved_mm > installed_mm:
+        raise ModelFolderError(
+            f"{where}: this model was saved by mmfuse {saved}, which is incompatible with the "
+            f"installed mmfuse {mmfuse.__version__} (a different major version, or a newer minor "
+            f"version, cannot be loaded). Install a matching version: "
+            f"pip install 'mmfuse>={saved_mm[0]}.{saved_mm[1]},<{saved_mm[0] + 1}'"
+        )
+
+
+def _major_minor(version: str) -> tuple[int, int]:
+    match = re.match(r"\s*v?(\d+)(?:\.(\d+))?", version)
+    if match is None:
+        return (0, 0)
+    return int(match.group(1)), int(match.group(2) or 0)
+
+
+def _check_components(manifest: dict[str, Any], registry: Registry, model_dir: Path) -> None:
+    """Every component must be provided by an installed plugin of a compatible major version."""
+    for component in manifest.get("components", []):
+        dist, version = component.get("distribution"), component.get("version")
+        built_by = f"{dist} {version}" if dist else (f"plugin '{component.get('plugin')}'" if component.get("plugin") else "an unknown plugin")
+        try:
+            spec = registry.get(component["kind"], component["type"])
+        except UnknownComponentError as exc:
+            install = f" Install it: pip install {dist}" if dist else " Install or enable the plugin that provides it."
+            raise ModelFolderError(
+                f"{model_dir}: {component['slot']} uses {component['kind']} '{component['type']}', which was "
+                f"built by {built_by} and is not available here (plugin not installed or disabled by "
+                f"MMFUSE_DISABLE_PLUGINS).{install} ({exc})"
+            ) from exc
+        installed = spec.provenance.version
+        if dist and version and installed and spec.provenance.distribution == dist:
+            if _major_minor(installed)[0] != _major_minor(version)[0]:
+                raise ModelFolderError(
+                    f"{model_dir}: {component['slot']} ({component['type']}) was built by {dist} {version}; "
+                    f"the installed {dist} {installed} is a different major version. "
+                    f"Install a compatible one: pip install '{dist}=={version}'"
+                )
+
+
+def _read_recipe(model_dir: Path, manifest: dict[str, Any], registry: Registry) -> Recipe:
+    file = model_dir / RECIPE_FILE
+    try:
+        raw = yaml.safe_load(file.read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise ModelFolderError(f"{file}: cannot read the recipe: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise ModelFolderError(f"{file}: the recipe is not a mapping")
+    for dotted, relative in manifest.get("asset_paths", {}).items():
+        _, name, key = dotted.split(".", 2)
+        raw["encoders"][name][key] = str(model_dir.absolute() / relative)
+    try:
+        return parse_recipe(raw, registry, file=str(file))
+    except RecipeError as exc:
+        raise ModelFolderError(f"{file}: the saved recipe does not validate with the installed plugins:\n{exc}") from exc
+
+
+def _read_weights(model_dir: Path, manifest: dict[str, Any]) -> dict[str, torch.Tensor]:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    info = manifest.get("weights", {})
+    file = model_dir / info.get("file", WEIGHTS_FILE)
+    if not file.is_file():
+        raise ModelFolderError(f"{file}: the weights file is missing")
+    expected = info.get("sha256")
+    if expected and _sha256(file) != expected:
+        raise ModelFolderError(
+            f"{file}: the weights file is corrupt or was modified (checksum differs from the one "
+            f"recorded in {MANIFEST_FILE}); copy the model folder again"
+        )
+    try:
+        state = load_file(str(file))
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        raise ModelFolderError(f"{file}: cannot read the weights ({type(exc).__name__}: {exc})") from exc
+    for alias, original in info.get("aliases", {}).items():
+        if original in state:
+            state[alias] = state[original]
+    return state
+
+
+def _load_state(model: FusedModel, state: dict[str, torch.Tensor], file: Path) -> None:
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    mismatched = [
+        f"{key}: file {tuple(state[key].shape)} vs model {tuple(expected[key].shape)}"
+        for key in expected
+        if key in state and state[key].shape != expected[key].shape
+    ]
+    if missing or unexpected or mismatched:
+        problems = []
+        if missing:
+            problems.append(f"missing keys ({len(missing)}): {', '.join(missing[:8])}")
+        if unexpected:
+            problems.append(f"unexpected keys ({len(unexpected)}): {', '.join(unexpected[:8])}")
+        if mismatched:
+            problems.append(f"shape mismatches ({len(mismatched)}): {'; '.join(mismatched[:8])}")
+        raise ModelFolderError(
+            f"{file}: the weights do not fit the model rebuilt from recipe.yaml; "
+            + "; ".join(problems)
+            + ". The recipe or a plugin's architecture changed since the folder was saved."
+        )
+    model.load_state_dict(state, strict=True)
+
+
+# --------------------------------------------------------------------------- files
+
+
+def _plain(value: Any) -> Any:
+    """JSON-safe copy of preprocessor settings (tuples, paths, numpy/torch scalars)."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    return str(value)
+
+
+def _write_text(file: Path, text: str) -> None:
+    file.write_text(text)
+    _fsync(file)
+
+
+def _write_json(file: Path, data: Any) -> None:
+    _write_text(file, json.dumps(data, indent=2, sort_keys=False) + "\n")
+
+
+def _fsync(file: Path) -> None:
+    with open(file, "rb+") as handle:
+        os.fsync(handle.fileno())
+
+
+def _sha256(file: Path) -> str:
+    digest = hashlib.sha256()
+    with open(file, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

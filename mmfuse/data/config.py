@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 __all__ = ["SplitConfig", "DataConfig"]
 
@@ -18,16 +18,29 @@ class SplitConfig(_Section):
 
     val: float = Field(0.1, ge=0, lt=1)
     test: float = Field(0.0, ge=0, lt=1)
-    stratify: str | None = Field(None, description="column to stratify on (usually the label)")
+    stratify: str | None = Field(
+        None, description="column to stratify on; default: the target of the first classification task"
+    )
     seed: int = 0
+
+    @model_validator(mode="after")
+    def _leaves_training_rows(self) -> "SplitConfig":
+        if self.val + self.test >= 1:
+            raise ValueError(f"split.val + split.test must be below 1 (got {self.val} + {self.test})")
+        return self
 
 
 class DataConfig(_Section):
     train: str | None = Field(None, description="manifest path, relative to the recipe file")
     val: str | None = None
     test: str | None = None
-    root: str | None = Field(None, description="base folder of media paths; default: the manifest's folder")
-    format: str | None = Field(None, description="reader name; default: from the file extension")
+    root: str | None = Field(
+        None, description="base folder of relative media paths (relative to the recipe file); default: each manifest's folder"
+    )
+    format: str | None = Field(None, description="reader name (jsonl, csv, ...); default: from the file extension")
+    reader_options: dict[str, Any] = Field(
+        default_factory=dict, description="options of the reader, e.g. {delimiter: ';'} for csv"
+    )
     split: SplitConfig | None = None
     batch_size: int = Field(16, ge=1)
     eval_batch_size: int | None = Field(None, ge=1)
@@ -38,3 +51,15 @@ class DataConfig(_Section):
     prefetch_factor: int = Field(2, ge=1)
     pin_memory: bool = False
     on_bad_sample: Literal["error", "skip"] = "error"
+    check_files: bool = Field(
+        True, description="check before training that every referenced media file exists"
+    )
+
+    @model_validator(mode="after")
+    def _one_source_per_split(self) -> "DataConfig":
+        if self.split is not None:
+            if self.val is not None and self.split.val > 0:
+                raise ValueError("give either data.val (a file) or data.split.val (a ratio), not both")
+            if self.test is not None and self.split.test > 0:
+                raise ValueError("give either data.test (a file) or data.split.test (a ratio), not both")
+        return self

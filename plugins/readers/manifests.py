@@ -15,7 +15,11 @@ Reader = Callable[[Path], Iterator[tuple[int, dict[str, Any]]]]
 
 
 class ManifestFormatError(ValueError):
-    """A manifest line that is not a valid row."""
+    """A manifest line that is not a valid row; ``path`` and ``line`` say where."""
+
+    def __init__(self, path: Path, line: int, reason: str) -> None:
+        self.path, self.line, self.reason = path, line, reason
+        super().__init__(f"{path} line {line}: {reason}")
 
 
 def read_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
@@ -26,9 +30,9 @@ def read_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as exc:
-                raise ManifestFormatError(f"{path} line {number}: invalid JSON ({exc.msg})") from exc
+                raise ManifestFormatError(path, number, f"invalid JSON ({exc.msg}, character {exc.colno})") from exc
             if not isinstance(row, dict):
-                raise ManifestFormatError(f"{path} line {number}: expected a JSON object, got {type(row).__name__}")
+                raise ManifestFormatError(path, number, f"expected a JSON object, got {type(row).__name__}")
             yield number, row
 
 
@@ -42,9 +46,7 @@ def build_csv_reader(config: CsvReaderConfig) -> Reader:
             reader = csv.DictReader(handle, delimiter=config.delimiter)
             for row in reader:
                 if None in row:
-                    raise ManifestFormatError(
-                        f"{path} line {reader.line_num}: more fields than the header has columns"
-                    )
+                    raise ManifestFormatError(path, reader.line_num, "more fields than the header has columns")
                 # empty cells mean "missing", like an absent key in JSONL
                 yield reader.line_num, {k: (v if v != "" else None) for k, v in row.items()}
 

@@ -1,0 +1,43 @@
+"""Collate :class:`~mmfuse.data.dataset.Sample` items into the batch layout of
+:mod:`mmfuse.contracts`: padded inputs per encoder, presence masks, stacked targets, and the
+count of skipped rows."""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, Sequence
+
+import torch
+
+from mmfuse.contracts import Preprocessor, Task
+from mmfuse.data.dataset import Sample, Skipped
+
+__all__ = ["BatchCollator"]
+
+
+class BatchCollator:
+    """``collate_fn`` for a DataLoader over :class:`~mmfuse.data.dataset.ManifestDataset`.
+
+    A batch whose rows were all skipped has empty ``inputs`` and ``targets`` and only counts them
+    in ``"skipped"``; a training loop should step over it.
+    """
+
+    def __init__(self, preprocessors: Mapping[str, Preprocessor], tasks: Mapping[str, Task]) -> None:
+        self.preprocessors = dict(preprocessors)
+        self.tasks = {name: task for name, task in tasks.items() if task.needs_target}
+
+    def __call__(self, items: Sequence[Sample | Skipped]) -> dict[str, Any]:
+        samples = [item for item in items if isinstance(item, Sample)]
+        skipped = len(items) - len(samples)
+        if not samples:
+            return {"inputs": {}, "present": {}, "targets": {}, "skipped": skipped}
+        inputs = {}
+        present = {}
+        for name, preprocessor in self.preprocessors.items():
+            values = [sample.inputs.get(name) for sample in samples]
+            inputs[name] = preprocessor.collate(values)
+            present[name] = torch.tensor([value is not None for value in values], dtype=torch.bool)
+        targets = {
+            name: task.collate_targets([sample.targets[name] for sample in samples])
+            for name, task in self.tasks.items()
+        }
+        return {"inputs": inputs, "present": present, "targets": targets, "skipped": skipped}

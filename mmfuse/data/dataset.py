@@ -1,0 +1,214 @@
+"""A map-style Dataset over a manifest: each item is one row preprocessed by every encoder's
+preprocessor, in the DataLoader worker that fetches it.
+
+Cheap checks run once, up front, in the main process (columns exist, targets present and known,
+media files exist), so most bad data is reported before training starts; files that exist but
+cannot be decoded are found when a worker reads them. Either way the error names the manifest,
+the line and the column; with ``on_bad_sample: skip`` the row is dropped instead and counted in
+its batch's ``"skipped"``.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any, Literal, Mapping
+
+from torch import Tensor
+from torch.utils.data import Dataset
+
+from mmfuse.contracts import Preprocessor, SampleError, Task
+from mmfuse.data.errors import DataError
+from mmfuse.data.manifest import Manifest, Row
+
+__all__ = ["Sample", "Skipped", "ManifestDataset", "build_dataset", "READ_ERRORS"]
+
+log = logging.getLogger("mmfuse.data")
+
+#: exceptions that mean "this value cannot be read" (decoders raise OSError / ValueError /
+#: RuntimeError subclasses: PIL.UnidentifiedImageError, av.error.*, soundfile.LibsndfileError);
+#: anything else is a bug in a preprocessor and propagates unchanged
+READ_ERRORS: tuple[type[BaseException], ...] = (SampleError, OSError, ValueError, RuntimeError, EOFError)
+
+#: skipped rows logged per dataset and process; the rest are only counted
+_LOGGED_SKIPS = 5
+
+
+@dataclass
+class Sample:
+    """One preprocessed row: ``inputs[encoder]`` is None where the row lacks that modality."""
+
+    inputs: dict[str, dict[str, Tensor] | None]
+    targets: dict[str, Tensor]
+
+
+@dataclass
+class Skipped:
+    """A row dropped under ``on_bad_sample: skip``; the collate function counts it."""
+
+    reason: str
+
+
+class ManifestDataset(Dataset):
+    """Rows of a manifest -> :class:`Sample` (or :class:`Skipped`)."""
+
+    def __init__(
+        self,
+        manifest: Manifest,
+        *,
+        columns: Mapping[str, str],
+        preprocessors: Mapping[str, Preprocessor],
+        targets: Mapping[str, tuple[str, Task]] | None = None,
+        on_bad_sample: Literal["error", "skip"] = "error",
+        check_files: bool = True,
+    ) -> None:
+        """``columns``: encoder -> manifest column; ``targets``: task -> (column, task)."""
+        self.manifest = manifest
+        self.columns = dict(columns)
+        self.preprocessors = dict(preprocessors)
+        self.on_bad_sample = on_bad_sample
+        self._target_columns = {name: column for name, (column, _) in (targets or {}).items()}
+        self._skip_reasons: dict[int, str] = {}
+        self._targets: list[dict[str, Tensor]] = []
+        self._logged = 0
+        self._check_columns()
+        problems = self._encode_targets(targets or {})
+        problems += self._check_rows(check_files)
+        self._handle(problems)
+
+    def __len__(self) -> int:
+        return len(self.manifest)
+
+    def __getitem__(self, index: int) -> Sample | Skipped:
+        reason = self._skip_reasons.get(index)
+        if reason is not None:
+            return Skipped(reason)
+        row = self.manifest.rows[index]
+        inputs: dict[str, dict[str, Tensor] | None] = {}
+        for name, column in self.columns.items():
+            try:
+                inputs[name] = self._preprocess(name, row, column)
+            except DataError as error:
+                if self.on_bad_sample == "error":
+                    raise
+                self._log_skip(error)
+                return Skipped(str(error))
+        return Sample(inputs=inputs, targets=self._targets[index])
+
+    # ------------------------------------------------------------------ reading one value
+
+    def _preprocess(self, name: str, row: Row, column: str) -> dict[str, Tensor] | None:
+        value = row.values.get(column)
+        if value is None:
+            return None
+        preprocessor = self.preprocessors[name]
+        if preprocessor.reads_files and isinstance(value, str):
+            path = self.manifest.resolve(value)
+            if not path.is_file():
+                raise self._error(row, column, f"file not found: {path}")
+            value = str(path)
+        try:
+            return preprocessor(value)
+        except READ_ERRORS as exc:
+            what = f"cannot read {preprocessor.modality} file {value}" if preprocessor.reads_files else f"bad {preprocessor.modality} value"
+            raise self._error(row, column, f"{what}: {type(exc).__name__}: {exc}") from exc
+
+    def _error(self, row: Row, column: str | None, reason: str) -> DataError:
+        return DataError(reason, manifest=self.manifest.path, line=row.line, column=column)
+
+    def _log_skip(self, error: DataError) -> None:
+        if self._logged < _LOGGED_SKIPS:
+            log.warning("skipping bad sample: %s", error)
+        self._logged += 1
+
+    # ------------------------------------------------------------------ up-front checks
+
+    def _check_columns(self) -> None:
+        present = self.manifest.columns()
+        wanted = [("encoder", name, column) for name, column in self.columns.items()]
+        wanted += [("task", name, column) for name, column in self._target_columns.items()]
+        for kind, name, column in wanted:
+            if column not in present:
+                where = "encoders" if kind == "encoder" else "tasks"
+                key = "column" if kind == "encoder" else "target"
+                raise DataError(
+                    f"no row has column '{column}' ({kind} '{name}'); the manifest's columns are "
+                    f"{sorted(present)}. Set {where}.{name}.{key} to the right column.",
+                    manifest=self.manifest.path,
+                )
+
+    def _encode_targets(self, targets: Mapping[str, tuple[str, Task]]) -> list[tuple[int, DataError]]:
+        problems: list[tuple[int, DataError]] = []
+        for index, row in enumerate(self.manifest.rows):
+            encoded: dict[str, Tensor] = {}
+            for name, (column, task) in targets.items():
+                value = row.values.get(column)
+                if value is None:
+                    problems.append((index, self._error(row, column, f"missing target for task '{name}'")))
+                    continue
+                try:
+                    encoded[name] = task.encode_target(value)
+                except (SampleError, ValueError, TypeError) as exc:
+                    problems.append((index, self._error(row, column, f"bad target for task '{name}': {exc}")))
+            self._targets.append(encoded)
+        return problems
+
+    def _check_rows(self, check_files: bool) -> list[tuple[int, DataError]]:
+        problems: list[tuple[int, DataError]] = []
+        file_columns = {
+            name: column for name, column in self.columns.items() if self.preprocessors[name].reads_files
+        }
+        for index, row in enumerate(self.manifest.rows):
+            if all(row.values.get(column) is None for column in self.columns.values()):
+                columns = sorted(set(self.columns.values()))
+                problems.append((index, self._error(row, None, f"row has none of the input columns {columns}")))
+                continue
+            if not check_files:
+                continue
+            for column in file_columns.values():
+                value = row.values.get(column)
+                if isinstance(value, str) and not self.manifest.resolve(value).is_file():
+                    problems.append((index, self._error(row, column, f"file not found: {self.manifest.resolve(value)}")))
+        return problems
+
+    def _handle(self, problems: list[tuple[int, DataError]]) -> None:
+        if not problems:
+            return
+        if self.on_bad_sample == "error":
+            raise DataError.combine(
+                [error for _, error in problems],
+                hint="Fix these rows, or set data.on_bad_sample=skip to drop bad samples.",
+            )
+        for index, error in problems:
+            self._skip_reasons.setdefault(index, str(error))
+        log.warning(
+            "%s: %d of %d rows will be skipped (data.on_bad_sample=skip); first: %s",
+            self.manifest.path, len(self._skip_reasons), len(self.manifest), problems[0][1],
+        )
+
+
+def build_dataset(
+    manifest: Manifest,
+    recipe: Any,
+    model: Any,
+    *,
+    preprocessors: Mapping[str, Preprocessor] | None = None,
+    with_targets: bool = True,
+) -> ManifestDataset:
+    """The dataset of ``manifest`` for a FusedModel built from ``recipe`` (columns, targets and
+    the ``data`` options come from the recipe; preprocessors from the model's encoders)."""
+    if preprocessors is None:
+        preprocessors = {name: encoder.preprocessor() for name, encoder in model.encoders.items()}
+    targets = None
+    if with_targets:
+        targets = {
+            name: (recipe.target_of(name), task) for name, task in model.tasks.items() if task.needs_target
+        }
+    return ManifestDataset(
+        manifest,
+        columns={name: recipe.column_of(name) for name in model.encoders},
+        preprocessors=preprocessors,
+        targets=targets,
+        on_bad_sample=recipe.data.on_bad_sample,
+        check_files=recipe.data.check_files,
+    )

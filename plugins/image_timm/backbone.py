@@ -1,0 +1,117 @@
+"""Creating a timm backbone by name, its layer groups, and its resolved preprocessing settings."""
+
+from __future__ import annotations
+
+import difflib
+from typing import Any
+
+import timm
+from timm.models import group_modules
+from torch import nn
+
+from mmfuse_plugins.image_timm import ImagePreprocessingOverrides
+
+__all__ = ["create_timm_backbone", "timm_layer_groups", "resolve_image_settings", "timm_rebuild_args"]
+
+
+def create_timm_backbone(
+    name: str,
+    *,
+    pretrained: bool,
+    checkpoint: str | None = None,
+    model_kwargs: dict[str, Any] | None = None,
+    in_chans: int | None = None,
+) -> nn.Module:
+    """``timm.create_model(name, num_classes=0, ...)``; an unknown name lists close timm names."""
+    _check_model_name(name)
+    kwargs = dict(model_kwargs or {})
+    if in_chans is not None:
+        kwargs["in_chans"] = in_chans
+    if checkpoint is not None:
+        kwargs["checkpoint_path"] = checkpoint
+    try:
+        return timm.create_model(name, pretrained=pretrained, num_classes=0, **kwargs)
+    except FileNotFoundError as exc:
+        raise FileNotFoundError(f"timm model '{name}': file not found: {exc}") from exc
+    except (OSError, RuntimeError) as exc:
+        if pretrained and _looks_like_download_failure(exc):
+            raise OSError(
+                f"Cannot fetch the pretrained weights of timm model '{name}' ({exc}). The hub may be "
+                f"unreachable or HF_HUB_OFFLINE set; use pretrained: false, a local 'checkpoint' file, "
+                f"or 'local-dir:/path' to a folder saved with timm.models.save_for_hf."
+            ) from exc
+        raise
+
+
+def _looks_like_download_failure(exc: BaseException) -> bool:
+    text = f"{type(exc).__name__} {exc}".lower()
+    return any(word in text for word in ("offline", "connection", "hub", "download", "resolve", "http"))
+
+
+def _check_model_name(name: str) -> None:
+    if ":" in name:  # 'hf-hub:' / 'local-dir:' sources are checked by timm itself
+        return
+    architecture = name.split(".", 1)[0]
+    if timm.is_model(architecture):
+        return
+    known = timm.list_models()
+    close = difflib.get_close_matches(architecture, known, n=5, cutoff=0.6)
+    close += [m for m in known if architecture.lower() in m and m not in close][: 5 - len(close)]
+    hint = f" Did you mean: {', '.join(close)}?" if close else ""
+    raise ValueError(
+        f"Unknown timm model '{name}'.{hint} List models with `python -c \"import timm; "
+        f"print(timm.list_models('*{architecture[:6]}*'))\"`, or use 'local-dir:/path' for a saved folder."
+    )
+
+
+def timm_layer_groups(model: nn.Module) -> list[nn.Module]:
+    """Blocks from stem to last stage, from the model's own ``group_matcher`` (one module otherwise)."""
+    matcher = getattr(model, "group_matcher", None)
+    if matcher is None:
+        return [model]
+    try:
+        grouped = group_modules(model, matcher(coarse=False))
+    except (NotImplementedError, AssertionError, TypeError):
+        return [model]
+    groups = [nn.ModuleList(model.get_submodule(n) for n in names) for _, names in sorted(grouped.items())]
+    # parameters owned directly by the model (ViT cls_token, pos_embed) belong with the stem
+    direct = list(model.parameters(recurse=False))
+    if direct and groups:
+        groups[0].append(nn.ParameterList(direct))
+    return groups or [model]
+
+
+def resolve_image_settings(model: nn.Module, overrides: ImagePreprocessingOverrides) -> dict[str, Any]:
+    """The model's own data config (``timm.data.resolve_data_config``) with the recipe's overrides,
+    as plain data accepted by :class:`~mmfuse_plugins.image_timm.preprocess.ImagePreprocessor`."""
+    data = timm.data.resolve_data_config({}, model=model)
+    size = overrides.image_size
+    height, width = (size, size) if isinstance(size, int) else (size or tuple(data["input_size"][1:]))
+    return {
+        "image_size": [int(height), int(width)],
+        "interpolation": overrides.interpolation or data.get("interpolation", "bilinear"),
+        "mean": [float(v) for v in (overrides.mean or data["mean"])][:3],
+        "std": [float(v) for v in (overrides.std or data["std"])][:3],
+        "crop_pct": float(overrides.crop_pct or data.get("crop_pct") or 1.0),
+        "crop_mode": data.get("crop_mode") or "center",
+    }
+
+
+def timm_rebuild_args(model: nn.Module, settings: dict[str, Any], extra_kwargs: dict[str, Any]) -> dict[str, Any]:
+    """Config overrides that rebuild ``model``'s architecture offline with random weights: the bare
+    architecture name, its construction arguments, and the resolved preprocessing pinned."""
+    from timm.models._input import get_model_args
+
+    kwargs = {k: v for k, v in get_model_args(model, {}).items() if k not in ("num_classes", "in_chans")}
+    kwargs.update({k: v for k, v in extra_kwargs.items() if k != "in_chans"})
+    return {
+        "model": model.pretrained_cfg["architecture"],
+        "pretrained": False,
+        "checkpoint": None,
+        "model_kwargs": kwargs,
+        "image_size": settings["image_size"],
+        "mean": settings["mean"],
+        "std": settings["std"],
+        "interpolation": settings["interpolation"],
+        "crop_pct": settings["crop_pct"],
+    }

@@ -1,0 +1,67 @@
+"""Torch side of ``mmfuse/image_timm``: a timm backbone returning spatial/patch tokens and a pooled vector."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from mmfuse.contracts import Encoder, EncoderOutput
+from mmfuse_plugins.image_timm import ImageTimmConfig
+from mmfuse_plugins.image_timm.backbone import (
+    create_timm_backbone,
+    resolve_image_settings,
+    timm_layer_groups,
+    timm_rebuild_args,
+)
+from mmfuse_plugins.image_timm.preprocess import ImagePreprocessor
+
+__all__ = ["ImageTimmEncoder", "build_image_encoder", "timm_features"]
+
+
+def timm_features(backbone: nn.Module, pixels: Tensor) -> tuple[Tensor, Tensor]:
+    """(tokens ``[B, T, D]``, pooled ``[B, D]``) of a timm model: ``forward_features`` flattened
+    to tokens; pooled by the model's own head (pre-logits) when it keeps the token width."""
+    features = backbone.forward_features(pixels)
+    tokens = features.flatten(2).transpose(1, 2) if features.ndim == 4 else features
+    if getattr(backbone, "head_hidden_size", backbone.num_features) == backbone.num_features:
+        pooled = backbone.forward_head(features, pre_logits=True)
+    else:
+        pooled = tokens.mean(dim=1)
+    return tokens, pooled
+
+
+class ImageTimmEncoder(Encoder):
+    modality = "image"
+
+    def __init__(self, config: ImageTimmConfig, backbone: nn.Module) -> None:
+        super().__init__()
+        self.config = config
+        self.backbone = backbone
+        self.output_dim = int(backbone.num_features)
+        self._settings = resolve_image_settings(backbone, config)
+
+    def forward(self, inputs: dict[str, Tensor]) -> EncoderOutput:
+        tokens, pooled = timm_features(self.backbone, inputs["pixels"])
+        mask = torch.ones(tokens.shape[:2], dtype=torch.bool, device=tokens.device)
+        return EncoderOutput(tokens=tokens, mask=mask, pooled=pooled)
+
+    def preprocessor(self) -> ImagePreprocessor:
+        return ImagePreprocessor(self._settings)
+
+    def layer_groups(self) -> list[nn.Module]:
+        return timm_layer_groups(self.backbone)
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.backbone.set_grad_checkpointing(enable)
+
+    def export_assets(self, folder: str) -> dict[str, Any]:
+        return timm_rebuild_args(self.backbone, self._settings, self.config.model_kwargs)
+
+
+def build_image_encoder(config: ImageTimmConfig) -> ImageTimmEncoder:
+    backbone = create_timm_backbone(
+        config.model, pretrained=config.pretrained, checkpoint=config.checkpoint, model_kwargs=config.model_kwargs
+    )
+    return ImageTimmEncoder(config, backbone)

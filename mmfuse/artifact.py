@@ -75,6 +75,7 @@ def save(model: FusedModel, path: str | os.PathLike[str], recipe: Recipe, regist
     _check_replaceable(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    staging.chmod(0o755)  # mkdtemp makes it private; a model folder is meant to be shared
     try:
         raw, asset_paths = _recipe_with_assets(model, recipe, staging)
         weights = _write_weights(model, staging / WEIGHTS_FILE)

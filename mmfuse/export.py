@@ -1,0 +1,211 @@
+"""Export a model folder's FusedModel to ONNX or a torch.export program (``.pt2``).
+
+Only the module is exported; preprocessing (tokenizers, image decoding, audio resampling) stays
+in Python: run ``Predictor.collate`` (or each encoder's preprocessor + collate) to make the inputs.
+
+The exported graph takes flat tensors instead of the batch dict, in this order and with these names:
+
+* ``inputs.<encoder>.<tensor>`` for each encoder (recipe order) and each tensor its preprocessor's
+  ``collate`` returns (sorted by name), then
+* ``present.<encoder>`` — bool ``[B]``, False where the sample lacks that modality.
+
+Outputs are the task outputs in recipe order: ``<task>`` for a tensor output (e.g. logits),
+``<task>.<key>`` / ``<task>.<index>`` for dict / tuple outputs. Every dimension that is neither 0
+nor 1 in the example batch and that the model does not fix (batch size, sequence length) stays
+dynamic. A ``<out>.json`` file next to the export lists the names, shapes and label vocabularies
+and the parity measured against eager PyTorch.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from mmfuse.artifact import load_model, resolve_model_dir
+from mmfuse.model import FusedModel
+from mmfuse.recipe import Recipe
+
+__all__ = ["FORMATS", "PARITY_TOLERANCE", "ExportError", "FlatFusedModel", "export_model", "example_batch"]
+
+FORMATS = {"onnx": ".onnx", "torch-export": ".pt2"}
+PARITY_TOLERANCE = 1e-4
+
+
+class ExportError(RuntimeError):
+    """The model could not be exported, or the export does not match eager PyTorch."""
+
+
+class FlatFusedModel(nn.Module):
+    """A FusedModel with flat tensor inputs and outputs (see the module docstring for names)."""
+
+    def __init__(self, model: FusedModel, input_keys: Mapping[str, Sequence[str]], output_names: Sequence[str]) -> None:
+        super().__init__()
+        self.model = model
+        self.input_keys = {name: list(keys) for name, keys in input_keys.items()}
+        self.output_names = list(output_names)
+
+    @property
+    def input_names(self) -> list[str]:
+        names = [f"inputs.{enc}.{key}" for enc, keys in self.input_keys.items() for key in keys]
+        return names + [f"present.{enc}" for enc in self.input_keys]
+
+    def flatten_batch(self, batch: Mapping[str, Any]) -> tuple[Tensor, ...]:
+        """Batch dict -> the positional tensors this module takes."""
+        tensors = [batch["inputs"][enc][key] for enc, keys in self.input_keys.items() for key in keys]
+        return tuple(tensors) + tuple(batch["present"][enc] for enc in self.input_keys)
+
+    def forward(self, *flat: Tensor) -> tuple[Tensor, ...]:
+        position = 0
+        inputs: dict[str, dict[str, Tensor]] = {}
+        for enc, keys in self.input_keys.items():
+            inputs[enc] = {key: flat[position + i] for i, key in enumerate(keys)}
+            position += len(keys)
+        present = {enc: flat[position + i] for i, enc in enumerate(self.input_keys)}
+        return tuple(_flatten_outputs(self.model({"inputs": inputs, "present": present})).values())
+
+
+def _flatten_outputs(outputs: Mapping[str, Any]) -> dict[str, Tensor]:
+    flat: dict[str, Tensor] = {}
+    for task, value in outputs.items():
+        if isinstance(value, Tensor):
+            flat[task] = value
+        elif isinstance(value, Mapping):
+            flat.update({f"{task}.{key}": item for key, item in value.items() if isinstance(item, Tensor)})
+        elif isinstance(value, (tuple, list)):
+            flat.update({f"{task}.{index}": item for index, item in enumerate(value) if isinstance(item, Tensor)})
+        else:
+            raise ExportError(f"task '{task}' returns {type(value).__name__}; only tensors, dicts and tuples of tensors export")
+    return flat
+
+
+def example_batch(model: FusedModel, recipe: Recipe, samples: Sequence[Mapping[str, Any]] | None = None) -> dict[str, Any]:
+    """A CPU batch dict to trace with: from raw ``samples`` through the Predictor's preprocessing,
+    or, without samples, each preprocessor's padding rows for a batch of 2, marked present.
+
+    Dimensions of size 0 or 1 in the example are fixed in the export: give samples with a batch of
+    at least 2 and sequences of different lengths to keep those dimensions dynamic."""
+    from mmfuse.predict import Predictor
+
+    predictor = Predictor(model, recipe, device="cpu", batch_size=max(1, len(samples or ())))
+    if samples:
+        return predictor.collate(samples)
+    inputs = {name: pre.collate([None, None]) for name, pre in predictor.preprocessors.items()}
+    present = {name: torch.ones(2, dtype=torch.bool) for name in inputs}
+    return {"inputs": inputs, "present": present}
+
+
+def export_model(
+    model_dir: str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    format: str = "onnx",
+    example: Mapping[str, Any] | Sequence[Mapping[str, Any]] | None = None,
+) -> Path:
+    """Export the model of a model folder (or run folder) to ``out``; return ``out``.
+
+    ``example`` is a batch dict (``inputs``/``present``), a list of raw samples, or None (see
+    :func:`example_batch`). The export is checked against eager PyTorch on the example; a max abs
+    difference above ``PARITY_TOLERANCE`` raises ExportError.
+    """
+    if format not in FORMATS:
+        raise ExportError(f"unknown export format {format!r}; choose one of {', '.join(FORMATS)}")
+    model_dir = resolve_model_dir(model_dir)
+    model, recipe = load_model(model_dir, device="cpu")
+    batch = example if isinstance(example, Mapping) else example_batch(model, recipe, example)
+    batch = {"inputs": batch["inputs"], "present": batch["present"]}
+    input_keys = {enc: sorted(batch["inputs"][enc]) for enc in model.encoders if enc in batch["inputs"]}
+    with torch.inference_mode():
+        eager = _flatten_outputs(model(batch))
+    flat_model = FlatFusedModel(model, input_keys, list(eager)).eval()
+    args = tuple(t.detach().cpu() for t in flat_model.flatten_batch(batch))
+    dynamic = (tuple({dim: torch.export.Dim.AUTO for dim in range(t.ndim)} for t in args),)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        if format == "onnx":
+            run_exported = _export_onnx(flat_model, args, dynamic, out)
+        else:
+            run_exported = _export_program(flat_model, args, dynamic, out)
+        exported = run_exported(args)
+    except ExportError:
+        raise
+    except Exception as exc:
+        raise ExportError(f"exporting {model_dir} to {format} failed: {type(exc).__name__}: {exc}") from exc
+    difference = max((float((a - torch.as_tensor(b)).abs().max()) for a, b in zip(eager.values(), exported)), default=0.0)
+    _write_sidecar(out, format, flat_model, args, eager, recipe, difference, model_dir)
+    if difference > PARITY_TOLERANCE:
+        raise ExportError(
+            f"{out}: the {format} export differs from eager PyTorch by {difference:.3g} "
+            f"(tolerance {PARITY_TOLERANCE}) on the example batch"
+        )
+    return out
+
+
+def _export_onnx(module: FlatFusedModel, args: tuple[Tensor, ...], dynamic: Any, out: Path):
+    import onnxruntime
+
+    parameter_bytes = sum(p.numel() * p.element_size() for p in module.parameters())
+    program = torch.onnx.export(
+        module,
+        args,
+        input_names=module.input_names,
+        output_names=module.output_names,
+        dynamic_shapes=dynamic,
+        dynamo=True,
+        verbose=False,
+    )
+    # ONNX protobufs cannot exceed 2 GB: large weights go to a side file next to the model
+    program.save(str(out), external_data=parameter_bytes > (1 << 30))
+    session = onnxruntime.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+
+    def run(flat: tuple[Tensor, ...]) -> list[Any]:
+        feeds = {name: tensor.numpy() for name, tensor in zip(module.input_names, flat)}
+        return session.run(module.output_names, feeds)
+
+    return run
+
+
+def _export_program(module: FlatFusedModel, args: tuple[Tensor, ...], dynamic: Any, out: Path):
+    program = torch.export.export(module, args, dynamic_shapes=dynamic)
+    torch.export.save(program, str(out))
+    reloaded = torch.export.load(str(out)).module()
+
+    def run(flat: tuple[Tensor, ...]) -> list[Any]:
+        with torch.inference_mode():
+            return list(reloaded(*flat))
+
+    return run
+
+
+def _write_sidecar(
+    out: Path,
+    format: str,
+    module: FlatFusedModel,
+    args: tuple[Tensor, ...],
+    eager: Mapping[str, Tensor],
+    recipe: Recipe,
+    difference: float,
+    model_dir: Path,
+) -> None:
+    labels = {name: list(getattr(slot.params, "labels", None) or []) for name, slot in recipe.tasks.items()}
+    info = {
+        "format": format,
+        "model_folder": str(model_dir.absolute()),
+        "inputs": [
+            {"name": name, "dtype": str(t.dtype).removeprefix("torch."), "example_shape": list(t.shape)}
+            for name, t in zip(module.input_names, args)
+        ],
+        "outputs": [
+            {"name": name, "dtype": str(t.dtype).removeprefix("torch."), "example_shape": list(t.shape)}
+            for name, t in eager.items()
+        ],
+        "columns": {enc: recipe.column_of(enc) for enc in module.input_keys},
+        "labels": {name: values for name, values in labels.items() if values},
+        "parity_max_abs_diff": difference,
+        "preprocessing": "in Python: mmfuse.load(model_folder).collate(samples) gives the inputs",
+    }
+    Path(f"{out}.json").write_text(json.dumps(info, indent=2) + "\n")

@@ -18,6 +18,7 @@ EXIT_OK, EXIT_FAILURE, EXIT_BAD_INPUT = 0, 1, 2
 COMMANDS = {
     "validate": "mmfuse.cli.validate",
     "plugins": "mmfuse.cli.plugins",
+    "export": "mmfuse.cli.export",
 }
 
 

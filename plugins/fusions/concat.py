@@ -7,43 +7,40 @@ from torch import Tensor, nn
 
 from mmfuse.contracts import EncoderOutput, FusionHead
 from mmfuse_plugins.fusions import ConcatFusionConfig
+from mmfuse_plugins.fusions.masking import present_pooled
+from mmfuse_plugins.fusions.mlp import make_mlp
 
 __all__ = ["ConcatFusion", "build_concat_fusion"]
 
 
 class ConcatFusion(FusionHead):
-    """Project each modality's pooled vector, zero the rows of absent modalities *after*
-    projection (so the absent input's content never reaches the output), append the presence
-    flags, concatenate, MLP."""
+    """Project each modality's pooled vector, concatenate in a fixed (sorted) order, MLP.
+
+    An absent modality's slot holds a learned "absent" embedding of that modality instead of its
+    projection, so the MLP sees "missing" as its own state rather than as a zero observation."""
 
     def __init__(self, config: ConcatFusionConfig, input_dims: dict[str, int]) -> None:
         super().__init__()
         self.names = sorted(input_dims)
+        self.input_dims = dict(input_dims)
         self.projections = nn.ModuleDict(
             {name: nn.Linear(input_dims[name], config.projection_dim) for name in self.names}
         )
-        width = config.projection_dim * len(self.names) + len(self.names)
-        layers: list[nn.Module] = []
-        for hidden in config.hidden_dims:
-            layers += [nn.Linear(width, hidden), nn.GELU(), nn.Dropout(config.dropout)]
-            width = hidden
-        layers.append(nn.Linear(width, config.output_dim))
-        self.mlp = nn.Sequential(*layers)
+        self.absent = nn.ParameterDict(
+            {name: nn.Parameter(torch.zeros(config.projection_dim)) for name in self.names}
+        )
+        width = config.projection_dim * len(self.names)
+        self.mlp = make_mlp(width, config.hidden_dims, config.output_dim, config.dropout, nn.GELU)
         self.output_dim = config.output_dim
 
     def forward(self, features: dict[str, EncoderOutput], present: dict[str, Tensor]) -> Tensor:
-        parts, flags = [], []
-        reference = next(iter(features.values())).pooled
+        parts = []
         for name in self.names:
-            if name in features:
-                mask = present[name].to(reference.dtype).unsqueeze(-1)
-                projected = self.projections[name](features[name].pooled)
-                parts.append(torch.where(mask.bool(), projected, torch.zeros_like(projected)))
-                flags.append(mask)
-            else:
-                parts.append(reference.new_zeros(reference.shape[0], self.projections[name].out_features))
-                flags.append(reference.new_zeros(reference.shape[0], 1))
-        return self.mlp(torch.cat(parts + flags, dim=-1))
+            pooled, keep = present_pooled(features, present, name, self.input_dims[name])
+            projected = self.projections[name](pooled)
+            absent = self.absent[name].to(projected.dtype).expand_as(projected)
+            parts.append(torch.where(keep.unsqueeze(-1), projected, absent))
+        return self.mlp(torch.cat(parts, dim=-1))
 
 
 def build_concat_fusion(config: ConcatFusionConfig, input_dims: dict[str, int]) -> ConcatFusion:

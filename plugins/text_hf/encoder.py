@@ -1,0 +1,120 @@
+"""Torch side of ``mmfuse/text_hf``: tokenisation in workers and a transformers encoder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from mmfuse.contracts import Encoder, EncoderOutput, Preprocessor, SampleError, masked_mean
+from mmfuse_plugins.text_hf import TextHFConfig
+from mmfuse_plugins.text_hf.loading import (
+    from_pretrained_or_explain,
+    hf_layer_groups,
+    load_hf_model,
+    set_hf_grad_checkpointing,
+)
+
+__all__ = ["TextPreprocessor", "TextHFEncoder", "build_text_encoder", "pool_tokens"]
+
+
+class TextPreprocessor(Preprocessor):
+    """str -> ``{"input_ids", "attention_mask"}`` (Long[T], truncated to ``max_length``); collate
+    right-pads to the longest text of the batch with the tokenizer's pad id."""
+
+    modality = "text"
+
+    def __init__(self, tokenizer: Any, max_length: int) -> None:
+        if tokenizer.pad_token_id is None:
+            # decoder-only tokenizers (GPT-2) have no pad token; the mask makes its value irrelevant
+            tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
+        self.tokenizer = tokenizer
+        self.max_length = max_length
+        self._blank = self._encode("")
+
+    def _encode(self, text: str) -> dict[str, Tensor]:
+        encoded = self.tokenizer(text, truncation=True, max_length=self.max_length, return_attention_mask=True)
+        ids = torch.tensor(encoded["input_ids"], dtype=torch.long)
+        if ids.numel() == 0:  # tokenizers without special tokens give nothing for ""; keep one row
+            ids = torch.tensor([self.tokenizer.pad_token_id], dtype=torch.long)
+        return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+
+    def __call__(self, value: Any) -> dict[str, Tensor]:
+        if not isinstance(value, str):
+            raise SampleError(f"expected text (a string), got {type(value).__name__}: {value!r:.80}")
+        return self._encode(value)
+
+    def collate(self, items: Sequence[dict[str, Tensor] | None]) -> dict[str, Tensor]:
+        # a missing text becomes the encoding of "" (real tokens, so attention never sees an
+        # all-padding row); the presence mask excludes it downstream
+        rows = [self._blank if item is None else item for item in items]
+        length = max(row["input_ids"].shape[0] for row in rows)
+        ids = torch.full((len(rows), length), int(self.tokenizer.pad_token_id), dtype=torch.long)
+        mask = torch.zeros((len(rows), length), dtype=torch.long)
+        for index, row in enumerate(rows):
+            count = row["input_ids"].shape[0]
+            ids[index, :count] = row["input_ids"]
+            mask[index, :count] = 1
+        return {"input_ids": ids, "attention_mask": mask}
+
+    def settings(self) -> dict[str, Any]:
+        return {"max_length": self.max_length, "pad_token_id": int(self.tokenizer.pad_token_id)}
+
+
+def pool_tokens(tokens: Tensor, mask: Tensor, pooling: str) -> Tensor:
+    """Mask-aware pooling of ``[B, T, D]`` tokens: first token, mean or max over real tokens."""
+    if pooling == "cls":
+        return tokens[:, 0]
+    if pooling == "mean":
+        return masked_mean(tokens, mask)
+    if pooling == "max":
+        return tokens.masked_fill(~mask.unsqueeze(-1), torch.finfo(tokens.dtype).min).amax(dim=1)
+    raise ValueError(f"unknown pooling {pooling!r}; expected cls, mean or max")
+
+
+class TextHFEncoder(Encoder):
+    modality = "text"
+
+    def __init__(self, config: TextHFConfig, model: nn.Module, tokenizer: Any) -> None:
+        super().__init__()
+        self.config = config
+        if getattr(model.config, "is_encoder_decoder", False):
+            model = model.get_encoder()  # T5 / BART: only the encoder stack reads text
+        if getattr(model, "pooler", None) is not None:
+            # the pooler's output is never used; unused parameters would break DDP
+            model.pooler = None
+        self.model = model
+        self.tokenizer = tokenizer
+        self.output_dim = int(model.config.hidden_size)
+
+    def forward(self, inputs: dict[str, Tensor]) -> EncoderOutput:
+        attention_mask = inputs["attention_mask"]
+        output = self.model(input_ids=inputs["input_ids"], attention_mask=attention_mask)
+        tokens = output.last_hidden_state
+        mask = attention_mask.bool()
+        return EncoderOutput(tokens=tokens, mask=mask, pooled=pool_tokens(tokens, mask, self.config.pooling))
+
+    def preprocessor(self) -> TextPreprocessor:
+        return TextPreprocessor(self.tokenizer, self.config.max_length)
+
+    def layer_groups(self) -> list[nn.Module]:
+        return hf_layer_groups(self.model)
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        set_hf_grad_checkpointing(self.model, enable)
+
+    def export_assets(self, folder: str) -> dict[str, Any]:
+        target = Path(folder).resolve()
+        self.model.config.save_pretrained(target)
+        self.tokenizer.save_pretrained(target)
+        return {"model": str(target), "tokenizer": None, "pretrained": False}
+
+
+def build_text_encoder(config: TextHFConfig) -> TextHFEncoder:
+    from transformers import AutoTokenizer
+
+    tokenizer = from_pretrained_or_explain(AutoTokenizer.from_pretrained, config.tokenizer or config.model, "tokenizer")
+    model = load_hf_model(config.model, pretrained=config.pretrained)
+    return TextHFEncoder(config, model, tokenizer)

@@ -87,6 +87,7 @@ def test_collate_pads_and_builds_presence_masks(tmp_path):
     assert batch["inputs"]["image"]["colour"].shape == (4, 3)
     assert batch["targets"]["label"].tolist() == [0, 1, 0, 1]
     assert batch["skipped"] == 0
+    assert batch["index"].tolist() == [0, 1, 2, 3]
 
 
 def test_preprocessing_runs_in_worker_processes(tmp_path):
@@ -167,4 +168,6 @@ def test_skip_mode_drops_bad_rows_and_counts_them_every_epoch(tmp_path, caplog):
 
 def test_a_batch_of_only_skipped_rows_is_empty(tmp_path):
     collate = BatchCollator({"vec": VectorPreprocessor(2)}, {"label": classification(["a", "b"])})
-    assert collate([Skipped("x"), Skipped("y")]) == {"inputs": {}, "present": {}, "targets": {}, "skipped": 2}
+    batch = collate([Skipped("x"), Skipped("y")])
+    assert batch["skipped"] == 2 and batch["inputs"] == {} and batch["targets"] == {}
+    assert batch["index"].tolist() == []

@@ -16,6 +16,9 @@ EXIT_OK, EXIT_FAILURE, EXIT_BAD_INPUT = 0, 1, 2
 
 #: sub-command -> module with ``HELP``, ``add_arguments(parser)`` and ``run(args) -> int``
 COMMANDS = {
+    "train": "mmfuse.cli.train",
+    "eval": "mmfuse.cli.eval",
+    "predict": "mmfuse.cli.predict",
     "validate": "mmfuse.cli.validate",
     "plugins": "mmfuse.cli.plugins",
     "export": "mmfuse.cli.export",

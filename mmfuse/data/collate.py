@@ -1,6 +1,7 @@
 """Collate :class:`~mmfuse.data.dataset.Sample` items into the batch layout of
 :mod:`mmfuse.contracts`: padded inputs per encoder, presence masks, stacked targets, and the
-count of skipped rows."""
+count of skipped rows. ``"index"`` holds the dataset positions of the rows in the batch (a key
+the model ignores; predictions use it to match rows)."""
 
 from __future__ import annotations
 
@@ -29,7 +30,7 @@ class BatchCollator:
         samples = [item for item in items if isinstance(item, Sample)]
         skipped = len(items) - len(samples)
         if not samples:
-            return {"inputs": {}, "present": {}, "targets": {}, "skipped": skipped}
+            return {"inputs": {}, "present": {}, "targets": {}, "skipped": skipped, "index": torch.empty(0, dtype=torch.long)}
         inputs = {}
         present = {}
         for name, preprocessor in self.preprocessors.items():
@@ -40,4 +41,5 @@ class BatchCollator:
             name: task.collate_targets([sample.targets[name] for sample in samples])
             for name, task in self.tasks.items()
         }
-        return {"inputs": inputs, "present": present, "targets": targets, "skipped": skipped}
+        index = torch.tensor([sample.index for sample in samples], dtype=torch.long)
+        return {"inputs": inputs, "present": present, "targets": targets, "skipped": skipped, "index": index}

@@ -40,6 +40,7 @@ class Sample:
 
     inputs: dict[str, dict[str, Tensor] | None]
     targets: dict[str, Tensor]
+    index: int = -1  # position in the dataset, so predictions can be matched back to rows
 
 
 @dataclass
@@ -93,7 +94,7 @@ class ManifestDataset(Dataset):
                     raise
                 self._log_skip(error)
                 return Skipped(str(error))
-        return Sample(inputs=inputs, targets=self._targets[index])
+        return Sample(inputs=inputs, targets=self._targets[index], index=index)
 
     # ------------------------------------------------------------------ reading one value
 

@@ -1,0 +1,129 @@
+"""What ``mmfuse train`` does: recipe -> manifests -> split -> task targets -> FusedModel ->
+Trainer -> run folder with the final model.
+
+A run folder holds ``recipe.yaml`` (the resolved recipe: labels learned from the data, data paths
+made absolute), what the engine writes (``metrics.csv``, ``checkpoints/``) and ``model/`` (the
+portable model folder of :mod:`mmfuse.artifact`).
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+from mmfuse.data.collate import BatchCollator
+from mmfuse.data.dataset import ManifestDataset, build_dataset
+from mmfuse.data.sources import DataSplits, load_splits, resolve_data_path
+from mmfuse.data.targets import fit_task_targets
+from mmfuse.model import FusedModel, build_fused_model
+from mmfuse.recipe import Recipe
+from mmfuse.registry import Registry
+
+__all__ = ["TrainOutcome", "PreparedRun", "prepare", "train", "new_run_dir", "resolved_recipe"]
+
+RECIPE_FILE = "recipe.yaml"
+MODEL_DIR = "model"
+
+
+@dataclass
+class PreparedRun:
+    """Everything the Trainer needs, built from a recipe and its data."""
+
+    recipe: Recipe
+    model: FusedModel
+    collate: BatchCollator
+    train: ManifestDataset
+    val: ManifestDataset | None = None
+    test: ManifestDataset | None = None
+
+
+@dataclass
+class TrainOutcome:
+    run_dir: Path
+    model_dir: Path
+    fit: Any
+    test_metrics: dict[str, float] = field(default_factory=dict)
+
+
+def new_run_dir(recipe: Recipe) -> Path:
+    """A fresh folder ``<output_dir>/<name>-<YYYYmmdd-HHMMSS>`` (output_dir relative to the cwd)."""
+    safe = re.sub(r"[^A-Za-z0-9_.-]+", "-", recipe.name).strip("-") or "run"
+    base = Path(recipe.output_dir) / f"{safe}-{time.strftime('%Y%m%d-%H%M%S')}"
+    candidate, number = base, 1
+    while candidate.exists():
+        number += 1
+        candidate = base.with_name(f"{base.name}-{number}")
+    return candidate
+
+
+def resolved_recipe(recipe: Recipe) -> dict[str, Any]:
+    """The recipe as plain data with its data paths absolute, so it works from any folder."""
+    raw = recipe.to_dict()
+    for key in ("train", "val", "test", "root"):
+        value = raw["data"].get(key)
+        if value is not None:
+            raw["data"][key] = str(resolve_data_path(recipe, value).resolve())
+    return raw
+
+
+def prepare(recipe: Recipe, registry: Registry | None = None, splits: DataSplits | None = None) -> PreparedRun:
+    """Read the data, learn task targets (labels) from the training split, build the model and
+    the datasets. Raises DataError on bad data."""
+    splits = splits or load_splits(recipe, registry)
+    fit_task_targets(recipe, splits.train)
+    torch.manual_seed(recipe.seed)  # the model's initial weights follow the recipe's seed
+    model = build_fused_model(recipe, registry)
+    # one preprocessor per encoder, shared by every split's dataset and the collate function
+    preprocessors = {name: encoder.preprocessor() for name, encoder in model.encoders.items()}
+
+    def dataset(manifest):
+        return None if manifest is None else build_dataset(manifest, recipe, model, preprocessors=preprocessors)
+
+    return PreparedRun(
+        recipe=recipe,
+        model=model,
+        collate=BatchCollator(preprocessors, dict(model.tasks.items())),
+        train=dataset(splits.train),
+        val=dataset(splits.val),
+        test=dataset(splits.test),
+    )
+
+
+def train(
+    recipe: Recipe,
+    *,
+    run_dir: Path | None = None,
+    resume: Path | None = None,
+    registry: Registry | None = None,
+    callbacks: Sequence[Any] = (),
+) -> TrainOutcome:
+    """Train ``recipe`` into ``run_dir`` (default: a new folder under ``recipe.output_dir``;
+    with ``resume``, the resumed run's folder) and save the final model in ``run_dir/model``."""
+    import yaml
+
+    from mmfuse.artifact import save
+    from mmfuse.engine.trainer import Trainer
+
+    prepared = prepare(recipe, registry)
+    run_dir = Path(run_dir or resume or new_run_dir(recipe))
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / RECIPE_FILE).write_text(yaml.safe_dump(resolved_recipe(recipe), sort_keys=False), encoding="utf-8")
+    trainer = Trainer(
+        prepared.model,
+        recipe,
+        prepared.train,
+        prepared.collate,
+        val_dataset=prepared.val,
+        run_dir=run_dir,
+        callbacks=list(callbacks),
+        registry=registry,
+    )
+    result = trainer.fit(resume=resume)
+    test_metrics = trainer.evaluate(prepared.test, prefix="test") if prepared.test is not None else {}
+    model_dir = save(prepared.model, run_dir / MODEL_DIR, recipe, registry)
+    return TrainOutcome(run_dir=run_dir, model_dir=model_dir, fit=result, test_metrics=test_metrics)

@@ -8,12 +8,12 @@ from pathlib import Path
 from typing import Any, Mapping
 
 import torch
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 from torch import Tensor, nn
 
 from mmfuse.recipe import EncoderSlot, FusionSlot, Recipe, TaskSlot, parse_recipe
 from mmfuse.registry import ComponentSpec, Registry
-from mmfuse.testing.report import expect
+from mmfuse.testing.report import CheckFailure, ConformanceError, expect
 
 __all__ = [
     "Subject",
@@ -65,10 +65,15 @@ def resolve_subject(
     if spec.kind != kind:
         raise ValueError(f"'{spec.name}' is a {spec.kind}, not a {kind}")
     if isinstance(config, BaseModel):
-        validated = config
-    else:
-        validated = spec.config.model_validate(dict(config or {}))
-    return Subject(spec, validated)
+        return Subject(spec, config)
+    try:
+        return Subject(spec, spec.config.model_validate(dict(config or {})))
+    except ValidationError as exc:
+        message = (
+            f"the config {dict(config or {})!r} does not validate: {exc}. Pass config={{...}} with the "
+            f"required fields (the kit names its encoders 'left' and 'right', or 'subject' for an encoder under test)"
+        )
+        raise ConformanceError(kind, spec.name, [CheckFailure(kind, spec.name, "config", message)], []) from exc
 
 
 def partner_registry(subject: ComponentSpec) -> Registry:

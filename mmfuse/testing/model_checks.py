@@ -15,7 +15,7 @@ from mmfuse.testing.batches import make_batch
 from mmfuse.testing.harness import SUBJECT_SLOT, Subject, assert_close, fused_recipe, save_and_reload
 from mmfuse.testing.report import expect
 
-__all__ = ["artifact_available", "check_save_load", "check_frozen"]
+__all__ = ["artifact_available", "output_tensors", "check_save_load", "check_frozen"]
 
 
 def artifact_available() -> bool:
@@ -25,13 +25,13 @@ def artifact_available() -> bool:
     return importlib.util.find_spec("mmfuse.artifact") is not None
 
 
-def _tensors(value: Any, path: str = "outputs") -> list[tuple[str, torch.Tensor]]:
+def output_tensors(value: Any, path: str = "outputs") -> list[tuple[str, torch.Tensor]]:
     if isinstance(value, torch.Tensor):
         return [(path, value)]
     if isinstance(value, Mapping):
-        return [item for key, sub in value.items() for item in _tensors(sub, f"{path}[{key!r}]")]
+        return [item for key, sub in value.items() for item in output_tensors(sub, f"{path}[{key!r}]")]
     if isinstance(value, (list, tuple)):
-        return [item for index, sub in enumerate(value) for item in _tensors(sub, f"{path}[{index}]")]
+        return [item for index, sub in enumerate(value) for item in output_tensors(sub, f"{path}[{index}]")]
     return []
 
 
@@ -52,8 +52,8 @@ def check_save_load(
     reloaded = save_and_reload(model, recipe, folder, registry).eval()
     with torch.no_grad():
         after = reloaded(make_batch(reloaded, values, targets))
-    expected = dict(_tensors(before))
-    actual = dict(_tensors(after))
+    expected = dict(output_tensors(before))
+    actual = dict(output_tensors(after))
     expect(sorted(actual) == sorted(expected), f"reloaded model returns {sorted(actual)}, saved one {sorted(expected)}")
     for path, tensor in expected.items():
         assert_close(actual[path], tensor, f"{path} after save -> load_model")

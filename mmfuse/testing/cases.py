@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Union
@@ -57,12 +56,13 @@ class ConformanceCase:
 
     def check(self, folder: str | Path | None = None) -> ConformanceReport:
         """Run the kind's suite; raise ConformanceError listing every failed check."""
-        if folder is None:
-            with tempfile.TemporaryDirectory(prefix="mmfuse-conformance-") as temporary:
-                return self.check(temporary)
-        folder = Path(folder)
-        config = self.config(folder / "config") if callable(self.config) else self.config
-        return check_component(self.kind, self.name, config, self.registry, folder=folder, **self.options)
+        from mmfuse.testing.harness import in_folder
+
+        def run(path: Path) -> ConformanceReport:
+            config = self.config(path / "config") if callable(self.config) else self.config
+            return check_component(self.kind, self.name, config, self.registry, folder=path, **self.options)
+
+        return in_folder(folder, run)
 
 
 def conformance_cases(

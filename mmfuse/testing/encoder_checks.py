@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pickle
-import tempfile
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -18,6 +17,9 @@ from mmfuse.testing.harness import (
     assert_finite,
     bf16_autocast,
     check_config_roundtrip,
+    expect_finite_gradients,
+    expect_gradients,
+    in_folder,
     partner_registry,
     resolve_subject,
 )
@@ -44,10 +46,7 @@ def check_encoder(
     model folder go (default: a temporary folder).
     """
     subject = resolve_subject("encoder", name_or_spec, config, registry)
-    if folder is None:
-        with tempfile.TemporaryDirectory(prefix="mmfuse-conformance-") as temporary:
-            return _run(subject, samples, Path(temporary))
-    return _run(subject, samples, Path(folder))
+    return in_folder(folder, lambda path: _run(subject, samples, path))
 
 
 def _run(subject: Subject, samples: Sequence[Any] | None, folder: Path) -> ConformanceReport:
@@ -148,19 +147,8 @@ def _check_gradients(encoder: Encoder, batch: dict) -> None:
     real = out.mask.unsqueeze(-1).to(out.tokens.dtype)
     loss = (out.pooled.float() * weights_pooled).sum() + (out.tokens.float() * real * weights_tokens).sum()
     loss.backward()
-    _expect_gradients(encoder)
+    expect_gradients(encoder)
     encoder.zero_grad(set_to_none=True)
-
-
-def _expect_gradients(module: torch.nn.Module) -> None:
-    missing = [name for name, p in module.named_parameters() if p.requires_grad and p.grad is None]
-    expect(
-        not missing,
-        f"{len(missing)} trainable parameter(s) received no gradient: {missing[:8]}. Remove unused "
-        f"parameters or set requires_grad=False on them.",
-    )
-    broken = [name for name, p in module.named_parameters() if p.grad is not None and not torch.isfinite(p.grad).all()]
-    expect(not broken, f"non-finite gradients in {broken[:8]}")
 
 
 def _check_padding_invariance(encoder: Encoder, preprocessor: Preprocessor, items: list) -> None:
@@ -205,6 +193,5 @@ def _check_bf16(encoder: Encoder, batch: dict) -> None:
     expect(out.pooled.shape[-1] == encoder.output_dim, f"pooled width {out.pooled.shape[-1]} under bf16 autocast")
     assert_finite(out.pooled, "pooled under bf16 autocast")
     out.pooled.float().square().mean().backward()
-    broken = [n for n, p in encoder.named_parameters() if p.grad is not None and not torch.isfinite(p.grad).all()]
-    expect(not broken, f"non-finite gradients under bf16 autocast in {broken[:8]}")
+    expect_finite_gradients(encoder, " under bf16 autocast")
     encoder.zero_grad(set_to_none=True)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import tempfile
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -18,6 +17,9 @@ from mmfuse.testing.harness import (
     assert_finite,
     bf16_autocast,
     check_config_roundtrip,
+    expect_finite_gradients,
+    expect_gradients,
+    in_folder,
     partner_registry,
     resolve_subject,
 )
@@ -42,10 +44,7 @@ def check_fusion(
     """Run every fusion-head check on two modalities ("left", "right") with padded token masks
     and missing samples; raise :class:`ConformanceError` listing all failures."""
     subject = resolve_subject("fusion", name_or_spec, config, registry)
-    if folder is None:
-        with tempfile.TemporaryDirectory(prefix="mmfuse-conformance-") as temporary:
-            return _run(subject, Path(temporary))
-    return _run(subject, Path(folder))
+    return in_folder(folder, lambda path: _run(subject, path))
 
 
 def _presence(batch_size: int, absent: list[int]) -> Present:
@@ -134,10 +133,7 @@ def _check_gradients(fusion: FusionHead, features: Features, present: Present) -
     fusion.zero_grad(set_to_none=True)
     out = fusion(features, present)
     (out * torch.randn(out.shape, generator=torch.Generator().manual_seed(1))).sum().backward()
-    missing = [name for name, p in fusion.named_parameters() if p.requires_grad and p.grad is None]
-    expect(not missing, f"{len(missing)} trainable parameter(s) received no gradient: {missing[:8]}")
-    broken = [name for name, p in fusion.named_parameters() if p.grad is not None and not torch.isfinite(p.grad).all()]
-    expect(not broken, f"non-finite gradients in {broken[:8]}")
+    expect_gradients(fusion)
     fusion.zero_grad(set_to_none=True)
 
 
@@ -205,6 +201,5 @@ def _check_bf16(fusion: FusionHead, features: Features, present: Present) -> Non
     expect(out.shape[-1] == fusion.output_dim, f"output width {out.shape[-1]} under bf16 autocast")
     assert_finite(out, "fused output under bf16 autocast")
     out.float().square().mean().backward()
-    broken = [n for n, p in fusion.named_parameters() if p.grad is not None and not torch.isfinite(p.grad).all()]
-    expect(not broken, f"non-finite gradients under bf16 autocast in {broken[:8]}")
+    expect_finite_gradients(fusion, " under bf16 autocast")
     fusion.zero_grad(set_to_none=True)

@@ -3,9 +3,10 @@ FusedModel from a tiny recipe, tensor comparisons, and the save/load round trip.
 
 from __future__ import annotations
 
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping, TypeVar
 
 import torch
 from pydantic import BaseModel, ValidationError
@@ -24,9 +25,14 @@ __all__ = [
     "assert_close",
     "assert_finite",
     "bf16_autocast",
+    "in_folder",
+    "expect_gradients",
+    "expect_finite_gradients",
     "save_and_reload",
     "SUBJECT_SLOT",
 ]
+
+T = TypeVar("T")
 
 #: the slot name the component under test gets in the kit's recipes
 SUBJECT_SLOT = "subject"
@@ -148,6 +154,30 @@ def assert_close(actual: Tensor, expected: Tensor, what: str, atol: float = 1e-4
         diff = (a - e).abs().max().item()
         raise_message = f"{what}: max abs difference {diff:.3g} (tolerance {atol:g} + {rtol:g}*|value|)"
         expect(False, raise_message)
+
+
+def in_folder(folder: str | Path | None, run: Callable[[Path], T]) -> T:
+    """Call ``run(folder)``, with a temporary folder (removed afterwards) when none is given."""
+    if folder is not None:
+        return run(Path(folder))
+    with tempfile.TemporaryDirectory(prefix="mmfuse-conformance-") as temporary:
+        return run(Path(temporary))
+
+
+def expect_gradients(module: nn.Module, context: str = "") -> None:
+    """Every trainable parameter got a gradient, and every gradient is finite."""
+    missing = [name for name, p in module.named_parameters() if p.requires_grad and p.grad is None]
+    expect(
+        not missing,
+        f"{len(missing)} trainable parameter(s) received no gradient{context}: {missing[:8]}. Remove unused "
+        f"parameters or set requires_grad=False on them.",
+    )
+    expect_finite_gradients(module, context)
+
+
+def expect_finite_gradients(module: nn.Module, context: str = "") -> None:
+    broken = [name for name, p in module.named_parameters() if p.grad is not None and not torch.isfinite(p.grad).all()]
+    expect(not broken, f"non-finite gradients{context} in {broken[:8]}")
 
 
 def bf16_autocast() -> Any:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import tempfile
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -18,6 +17,9 @@ from mmfuse.testing.harness import (
     assert_finite,
     bf16_autocast,
     check_config_roundtrip,
+    expect_finite_gradients,
+    expect_gradients,
+    in_folder,
     partner_registry,
     resolve_subject,
 )
@@ -70,10 +72,7 @@ def check_task(
     fit = getattr(subject.config, "fit_targets", None)
     if callable(fit):
         subject = Subject(subject.spec, fit(raw_targets))
-    if folder is None:
-        with tempfile.TemporaryDirectory(prefix="mmfuse-conformance-") as temporary:
-            return _run(subject, raw_targets, Path(temporary))
-    return _run(subject, raw_targets, Path(folder))
+    return in_folder(folder, lambda path: _run(subject, raw_targets, path))
 
 
 def _run(subject: Subject, targets: list[Any], folder: Path) -> ConformanceReport:
@@ -156,8 +155,7 @@ def _check_loss_and_gradients(task: Task, inputs: _Inputs) -> None:
     expect(isinstance(loss, torch.Tensor) and loss.ndim == 0, f"loss must be a 0-dim tensor, got {getattr(loss, 'shape', loss)!r}")
     expect(bool(torch.isfinite(loss)), f"loss is {loss.item()}")
     loss.backward()
-    missing = [name for name, p in task.named_parameters() if p.requires_grad and p.grad is None]
-    expect(not missing, f"{len(missing)} trainable parameter(s) received no gradient from the loss: {missing[:8]}")
+    expect_gradients(task, " from the loss")
     reached = fused.grad is not None or any(p.grad is not None for p in pooled.values())
     expect(reached, "the loss does not depend on the fused vector nor on the encoders' features")
     task.zero_grad(set_to_none=True)
@@ -214,6 +212,5 @@ def _check_bf16(task: Task, inputs: _Inputs) -> None:
         loss = task.loss(outputs, inputs.targets)
     expect(bool(torch.isfinite(loss.float())), f"loss under bf16 autocast is {loss.float().item()}")
     loss.float().backward()
-    broken = [n for n, p in task.named_parameters() if p.grad is not None and not torch.isfinite(p.grad).all()]
-    expect(not broken, f"non-finite gradients under bf16 autocast in {broken[:8]}")
+    expect_finite_gradients(task, " under bf16 autocast")
     task.zero_grad(set_to_none=True)

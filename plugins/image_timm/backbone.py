@@ -97,9 +97,10 @@ def resolve_image_settings(model: nn.Module, overrides: ImagePreprocessingOverri
     }
 
 
-def timm_rebuild_args(model: nn.Module, settings: dict[str, Any], extra_kwargs: dict[str, Any]) -> dict[str, Any]:
+def timm_rebuild_args(model: nn.Module, extra_kwargs: dict[str, Any]) -> dict[str, Any]:
     """Config overrides that rebuild ``model``'s architecture offline with random weights: the bare
-    architecture name, its construction arguments, and the resolved preprocessing pinned."""
+    architecture name and its construction arguments (a 'local-dir:' or 'hf-hub:' source and a
+    checkpoint file are no longer needed once the weights travel in the model folder)."""
     from timm.models._input import get_model_args
 
     kwargs = {k: v for k, v in get_model_args(model, {}).items() if k not in ("num_classes", "in_chans")}
@@ -108,10 +109,14 @@ def timm_rebuild_args(model: nn.Module, settings: dict[str, Any], extra_kwargs: 
         "model": model.pretrained_cfg["architecture"],
         "pretrained": False,
         "checkpoint": None,
-        "model_kwargs": kwargs,
-        "image_size": settings["image_size"],
-        "mean": settings["mean"],
-        "std": settings["std"],
-        "interpolation": settings["interpolation"],
-        "crop_pct": settings["crop_pct"],
+        "model_kwargs": json_safe(kwargs),
     }
+
+
+def json_safe(value: Any) -> Any:
+    """Tuples as lists, recursively, so the overrides survive a JSON/YAML round trip unchanged."""
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value

@@ -1,0 +1,95 @@
+"""Torch side of ``mmfuse/audio_mel``: log-mel spectrogram (torchaudio) + a timm backbone."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from mmfuse.contracts import Encoder, EncoderOutput, masked_mean
+from mmfuse_plugins.audio import AudioMelConfig
+from mmfuse_plugins.audio.waveform import WaveformPreprocessor
+from mmfuse_plugins.image_timm.backbone import create_timm_backbone, timm_layer_groups, timm_rebuild_args
+
+__all__ = ["LogMelSpectrogram", "MelEncoder", "build_mel_encoder"]
+
+
+class LogMelSpectrogram(nn.Module):
+    """Waveform ``[B, T]`` -> standardised log-mel ``[B, 1, n_mels, frames]``."""
+
+    def __init__(self, config: AudioMelConfig) -> None:
+        super().__init__()
+        import torchaudio
+
+        self.mel = torchaudio.transforms.MelSpectrogram(
+            sample_rate=config.sample_rate, n_fft=config.n_fft, hop_length=config.hop_length, n_mels=config.n_mels
+        )
+        self.hop_length = config.hop_length
+        self.mean = config.mel_mean
+        self.std = config.mel_std
+
+    def forward(self, waveform: Tensor) -> Tensor:
+        # the STFT runs in float32 even under autocast: bf16 mel energies lose the quiet bands
+        with torch.autocast(device_type=waveform.device.type, enabled=False):
+            mel = self.mel(waveform.float())
+        return ((torch.log(mel + 1e-6) - self.mean) / self.std).unsqueeze(1)
+
+    def frame_counts(self, sample_counts: Tensor) -> Tensor:
+        """Spectrogram frames computed from real samples (centre-padded STFT)."""
+        return sample_counts // self.hop_length + 1
+
+
+class MelEncoder(Encoder):
+    """Tokens are the backbone's time steps (frequency averaged out) for CNN backbones, or its
+    tokens for ViT-style ones; pooled is the mean over the time steps holding real audio."""
+
+    modality = "audio"
+
+    def __init__(self, config: AudioMelConfig, backbone: nn.Module) -> None:
+        super().__init__()
+        self.config = config
+        self.spectrogram = LogMelSpectrogram(config)
+        self.backbone = backbone
+        self.output_dim = int(backbone.num_features)
+
+    def forward(self, inputs: dict[str, Tensor]) -> EncoderOutput:
+        waveform, sample_mask = inputs["waveform"], inputs["attention_mask"]
+        spectrogram = self.spectrogram(waveform)
+        features = self.backbone.forward_features(spectrogram)
+        if features.ndim == 4:  # [B, C, freq, time]
+            tokens = features.mean(dim=2).transpose(1, 2)
+            real_frames = self.spectrogram.frame_counts(sample_mask.sum(dim=1))
+            real_steps = torch.ceil(real_frames * tokens.shape[1] / spectrogram.shape[-1]).clamp(1, tokens.shape[1])
+            steps = torch.arange(tokens.shape[1], device=tokens.device)
+            mask = steps.unsqueeze(0) < real_steps.unsqueeze(1)
+            pooled = masked_mean(tokens, mask)
+        else:  # [B, N, D] patch tokens: no time axis to mask
+            tokens = features
+            mask = torch.ones(tokens.shape[:2], dtype=torch.bool, device=tokens.device)
+            pooled = self.backbone.forward_head(features, pre_logits=True)
+        return EncoderOutput(tokens=tokens, mask=mask, pooled=pooled)
+
+    def preprocessor(self) -> WaveformPreprocessor:
+        # every clip is padded to max_seconds, so a clip's features never depend on its batch
+        return WaveformPreprocessor(self.config.sample_rate, self.config.max_seconds, pad_to_max=True)
+
+    def layer_groups(self) -> list[nn.Module]:
+        return timm_layer_groups(self.backbone)
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.backbone.set_grad_checkpointing(enable)
+
+    def export_assets(self, folder: str) -> dict[str, Any]:
+        return timm_rebuild_args(self.backbone, self.config.model_kwargs)
+
+
+def build_mel_encoder(config: AudioMelConfig) -> MelEncoder:
+    backbone = create_timm_backbone(
+        config.model,
+        pretrained=config.pretrained,
+        checkpoint=config.checkpoint,
+        model_kwargs=config.model_kwargs,
+        in_chans=1,
+    )
+    return MelEncoder(config, backbone)

@@ -12,6 +12,7 @@ __all__ = [
     "EarlyStoppingConfig",
     "CheckpointConfig",
     "StageConfig",
+    "TensorBoardConfig",
     "TrainerConfig",
 ]
 
@@ -61,6 +62,16 @@ class CheckpointConfig(_Section):
     keep_last: int = Field(2, ge=1)
     keep_best: bool = True
     every_steps: int | None = Field(None, gt=0, description="also checkpoint every N optimizer steps")
+    monitor: str | None = Field(
+        None, description="metric that picks the best checkpoint; default: early_stopping.monitor or val/loss"
+    )
+    mode: Literal["min", "max"] | None = Field(None, description="default: early_stopping.mode or min")
+
+
+class TensorBoardConfig(_Section):
+    """``mmfuse/tensorboard``: write every logged metric as a TensorBoard scalar."""
+
+    log_dir: str | None = Field(None, description="default: <run_dir>/tensorboard")
 
 
 class StageConfig(_Section):
@@ -94,3 +105,12 @@ class TrainerConfig(_Section):
     stages: list[StageConfig] = Field(default_factory=list)
     loss_weighting: Literal["fixed", "uncertainty"] = "fixed"
     deterministic: bool = False
+    progress: Literal["auto", "bar", "log", "off"] = Field(
+        "auto", description="'auto': a tqdm bar on a terminal, plain log lines otherwise"
+    )
+    tensorboard: Literal["auto", "on", "off"] = Field(
+        "auto", description="'auto': log to <run_dir>/tensorboard when the tensorboard package is installed"
+    )
+    find_unused_parameters: bool = Field(
+        False, description="DDP: set when some parameters get no gradient in a step (a modality absent from a batch)"
+    )

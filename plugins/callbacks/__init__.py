@@ -1,1 +1,29 @@
-"""(being built)"""
+"""Built-in training callbacks a recipe can name under ``callbacks:``. Registration only; no torch.
+
+The CSV logger, checkpointing and progress display are always on; early stopping is also
+configured by ``trainer.early_stopping`` and TensorBoard by ``trainer.tensorboard``. Naming them
+here lets a recipe add them explicitly (with their own settings).
+"""
+
+from __future__ import annotations
+
+from mmfuse.engine.config import EarlyStoppingConfig, TensorBoardConfig
+from mmfuse.hookspecs import hookimpl
+
+__all__: list[str] = []
+
+
+@hookimpl
+def mmfuse_register_callbacks(register) -> None:
+    register(
+        "mmfuse/early_stopping",
+        builder="mmfuse.engine.callbacks:build_early_stopping",
+        config=EarlyStoppingConfig,
+        description="stop when a monitored metric stops improving",
+    )
+    register(
+        "mmfuse/tensorboard",
+        builder="mmfuse.engine.loggers:build_tensorboard",
+        config=TensorBoardConfig,
+        description="log metrics to TensorBoard (needs the tensorboard package)",
+    )

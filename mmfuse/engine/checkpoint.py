@@ -1,0 +1,182 @@
+"""Atomic training checkpoints: a folder per checkpoint, written in full or not at all.
+
+``<run_dir>/checkpoints/step-00000120/`` holds
+
+- ``model.safetensors``: the model weights (no pickle);
+- ``state.pt``: optimizer, scheduler, scaler, RNG, callback and data-position state, saved with
+  ``torch.save`` as plain containers of tensors / numbers / strings so that it loads with
+  ``torch.load(weights_only=True)`` (nothing else is ever used to read it);
+- ``meta.json``: step, epoch, and the monitored metric.
+
+Each checkpoint is written into a hidden temporary folder, every file is fsync'ed, then the folder
+is renamed into place and the parent fsync'ed: a crash leaves either the complete new checkpoint or
+none, and the previous ones stay loadable. A checkpoint that fails to load (truncated by a full
+disk, say) is skipped with a warning in favour of the one before it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_model
+from torch import nn
+
+__all__ = [
+    "CheckpointError",
+    "Checkpoint",
+    "checkpoint_name",
+    "save_checkpoint",
+    "list_checkpoints",
+    "prune_checkpoints",
+    "read_checkpoint",
+    "find_resumable",
+    "load_model_weights",
+]
+
+WEIGHTS_FILE = "model.safetensors"
+STATE_FILE = "state.pt"
+META_FILE = "meta.json"
+_PREFIX = "step-"
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint is missing, incomplete or unreadable."""
+
+
+@dataclass
+class Checkpoint:
+    """A checkpoint read back from disk (weights already verified)."""
+
+    path: Path
+    weights: dict[str, torch.Tensor]
+    state: dict[str, Any]
+    meta: dict[str, Any]
+
+
+def checkpoint_name(step: int) -> str:
+    return f"{_PREFIX}{step:08d}"
+
+
+def _fsync_file(path: Path) -> None:
+    with open(path, "rb") as handle:
+        os.fsync(handle.fileno())
+
+
+def _fsync_dir(path: Path) -> None:
+    # directories can be fsync'ed on POSIX only; elsewhere the rename is the best we get
+    try:
+        descriptor = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(descriptor)
+    except OSError:
+        pass
+    finally:
+        os.close(descriptor)
+
+
+def save_checkpoint(
+    folder: Path, step: int, model: nn.Module, state: dict[str, Any], meta: dict[str, Any]
+) -> Path:
+    """Write one checkpoint atomically into ``folder``; return its path."""
+    folder.mkdir(parents=True, exist_ok=True)
+    final = folder / checkpoint_name(step)
+    temporary = folder / f".tmp-{final.name}-{os.getpid()}"
+    if temporary.exists():
+        shutil.rmtree(temporary)
+    temporary.mkdir()
+    save_model(model, str(temporary / WEIGHTS_FILE))
+    with open(temporary / STATE_FILE, "wb") as handle:
+        torch.save(state, handle)
+        handle.flush()
+        os.fsync(handle.fileno())
+    with open(temporary / META_FILE, "w", encoding="utf-8") as handle:
+        json.dump({**meta, "step": step}, handle, indent=2)
+        handle.flush()
+        os.fsync(handle.fileno())
+    _fsync_file(temporary / WEIGHTS_FILE)
+    _fsync_dir(temporary)
+    if final.exists():
+        stale = folder / f".stale-{final.name}-{os.getpid()}"
+        os.replace(final, stale)
+        os.replace(temporary, final)
+        shutil.rmtree(stale, ignore_errors=True)
+    else:
+        os.replace(temporary, final)
+    _fsync_dir(folder)
+    return final
+
+
+def list_checkpoints(folder: Path) -> list[Path]:
+    """Complete checkpoint folders in ``folder``, oldest first."""
+    if not folder.is_dir():
+        return []
+    found = [p for p in folder.iterdir() if p.is_dir() and p.name.startswith(_PREFIX) and p.name[5:].isdigit()]
+    return sorted(found, key=lambda p: int(p.name[len(_PREFIX) :]))
+
+
+def prune_checkpoints(folder: Path, keep_last: int, protect: set[str] = frozenset()) -> None:  # type: ignore[assignment]
+    """Delete all but the newest ``keep_last`` checkpoints, never those named in ``protect``."""
+    existing = list_checkpoints(folder)
+    for path in existing[: max(0, len(existing) - keep_last)]:
+        if path.name not in protect:
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def read_checkpoint(path: Path) -> Checkpoint:
+    """Read and verify one checkpoint folder; raise CheckpointError naming what is wrong."""
+    path = Path(path)
+    for name in (WEIGHTS_FILE, STATE_FILE, META_FILE):
+        if not (path / name).is_file():
+            raise CheckpointError(f"{path}: missing {name}")
+    try:
+        meta = json.loads((path / META_FILE).read_text(encoding="utf-8"))
+        weights = load_file(str(path / WEIGHTS_FILE))
+        state = torch.load(path / STATE_FILE, map_location="cpu", weights_only=True)
+    except Exception as exc:  # any decoding error means the same thing: this checkpoint is unusable
+        raise CheckpointError(f"{path}: unreadable ({type(exc).__name__}: {exc})") from exc
+    if not isinstance(state, dict) or not isinstance(meta, dict):
+        raise CheckpointError(f"{path}: {STATE_FILE} or {META_FILE} does not hold a mapping")
+    return Checkpoint(path, weights, state, meta)
+
+
+def find_resumable(location: Path) -> Checkpoint:
+    """The newest loadable checkpoint under a run dir, a checkpoints folder, or one checkpoint folder.
+
+    Unreadable checkpoints are skipped with a warning; CheckpointError if none is usable.
+    """
+    location = Path(location)
+    if (location / META_FILE).exists() or (location / WEIGHTS_FILE).exists():
+        return read_checkpoint(location)
+    folder = location / "checkpoints" if (location / "checkpoints").is_dir() else location
+    candidates = list_checkpoints(folder)
+    if not candidates:
+        raise CheckpointError(
+            f"no checkpoint found under {location}; pass a run folder (with checkpoints/) or a checkpoint folder"
+        )
+    for path in reversed(candidates):
+        try:
+            return read_checkpoint(path)
+        except CheckpointError as exc:
+            warnings.warn(f"skipping checkpoint: {exc}; falling back to the previous one", stacklevel=2)
+    raise CheckpointError(f"every checkpoint under {folder} is unreadable")
+
+
+def load_model_weights(model: nn.Module, weights: dict[str, torch.Tensor]) -> None:
+    """Copy weights into ``model``; tied parameters saved once by safetensors count as present."""
+    missing, unexpected = model.load_state_dict(weights, strict=False)
+    if unexpected:
+        raise CheckpointError(f"checkpoint has weights the model lacks: {sorted(unexpected)[:5]}")
+    current = model.state_dict()
+    loaded = {current[key].data_ptr() for key in weights if key in current}
+    absent = [key for key in missing if current[key].data_ptr() not in loaded]
+    if absent:
+        raise CheckpointError(f"checkpoint lacks weights of the model: {sorted(absent)[:5]}")

@@ -1,0 +1,562 @@
+"""The training loop: ONE optimizer over a FusedModel, read top to bottom.
+
+Interface::
+
+    from mmfuse.engine.trainer import Trainer, FitResult
+    trainer = Trainer(
+        model,                 # mmfuse.model.FusedModel
+        recipe,                # mmfuse.recipe.Recipe (optimizer/scheduler/trainer/data sections)
+        train_dataset,         # map-style torch Dataset; items are whatever `collate` accepts
+        collate,               # callable(list[item]) -> batch dict (mmfuse/contracts.py BATCH layout)
+        val_dataset=None,
+        run_dir=Path,          # checkpoints/ and metrics.csv are written here (rank 0 only)
+        callbacks=[],          # extra Callback instances (plus those named in recipe.callbacks)
+        registry=None,
+    )
+    result: FitResult = trainer.fit(resume=None | Path)   # resume from a run dir or checkpoint dir
+    metrics: dict[str, float] = trainer.evaluate(dataset, prefix="val")
+
+One step: forward under autocast -> weighted task loss -> backward (``no_sync`` on DDP for
+accumulation micro-batches) -> clip -> optimizer step -> lr schedule -> ``zero_grad(set_to_none)``.
+A non-finite loss never costs a host sync per step: the flag stays on the device and either
+drives the fused optimizer's own skip (``found_inf``, as GradScaler does) or is read back at log
+intervals. Everything optional (logging, early stopping, best checkpoints, progress) is a callback.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import Dataset
+
+from mmfuse.engine.callbacks import Callback, Checkpointing, EarlyStopping
+from mmfuse.engine.checkpoint import Checkpoint, checkpoint_name, find_resumable, load_model_weights, save_checkpoint
+from mmfuse.engine.distributed import all_reduce_sum, any_rank_true, init_distributed
+from mmfuse.engine.loading import build_loader, move_to_device, start_epoch
+from mmfuse.engine.loggers import CSVLogger, ProgressLogger, TensorBoardLogger, tensorboard_available
+from mmfuse.engine.rng import capture_rng_state, make_deterministic, restore_rng_state, seed_everything
+from mmfuse.engine.schedule import LRSchedule
+from mmfuse.engine.signals import StopSignals
+from mmfuse.engine.stages import apply_stage, check_stages, stage_is_due
+from mmfuse.model import FusedModel
+from mmfuse.optim import build_optimizer
+from mmfuse.recipe import Recipe
+from mmfuse.registry import Registry
+
+__all__ = ["Trainer", "FitResult", "NonFiniteLossError"]
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN/inf and ``trainer.nonfinite_loss`` is ``stop``."""
+
+
+class _EvaluationInterrupted(Exception):
+    """A stop signal arrived during evaluation."""
+
+
+@dataclass
+class FitResult:
+    """How a fit ended. ``stop_reason``: completed, max_steps, early_stopping, signal, or a
+    reason given to ``request_stop`` by a callback."""
+
+    global_step: int
+    epochs_completed: int
+    stop_reason: str
+    last_checkpoint: Path | None
+    best_checkpoint: Path | None = None
+    best_metric: float | None = None
+    metrics: dict[str, float] = field(default_factory=dict)
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+class Trainer:
+    """Trains a FusedModel as the recipe's ``optimizer``, ``scheduler``, ``trainer`` and ``data``
+    sections say; one process or many (torchrun)."""
+
+    def __init__(
+        self,
+        model: FusedModel,
+        recipe: Recipe,
+        train_dataset: Dataset,
+        collate: Callable[[list[Any]], dict[str, Any]],
+        val_dataset: Dataset | None = None,
+        run_dir: Path | str = Path("runs/mmfuse-run"),
+        callbacks: Sequence[Callback] = (),
+        registry: Registry | None = None,
+    ) -> None:
+        self.recipe = recipe
+        self.config = recipe.trainer
+        self.train_dataset = train_dataset
+        self.val_dataset = val_dataset
+        self.collate = collate
+        self.run_dir = Path(run_dir)
+        self.context = init_distributed(self.config.device)
+        self.device = self.context.device
+        self.autocast = self._autocast_context()
+        check_stages(self.config.stages, model)
+        self.model = model.to(self.device)
+        self.optimizer = build_optimizer(self.model, recipe)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.config.precision == "fp16")
+        # fused optimizers skip a step on the device when told so (found_inf), without a host sync
+        self.device_side_skip = bool(getattr(self.optimizer, "_step_supports_amp_scaling", False))
+        self.train_loader = build_loader(
+            train_dataset, collate, recipe.data, train=True,
+            rank=self.context.rank, world_size=self.context.world_size, seed=recipe.seed,
+        )
+        per_rank = self.train_loader.sampler.per_rank  # type: ignore[attr-defined]
+        batch = recipe.data.batch_size
+        self.batches_per_epoch = per_rank // batch if recipe.data.drop_last else math.ceil(per_rank / batch)
+        if self.batches_per_epoch == 0:
+            raise ValueError(
+                f"the training set ({len(train_dataset)} samples over {self.context.world_size} process(es)) "  # type: ignore[arg-type]
+                f"is smaller than one batch ({batch}) with data.drop_last=true; lower data.batch_size"
+            )
+        self.steps_per_epoch = math.ceil(self.batches_per_epoch / self.config.grad_accum_steps)
+        total = self.steps_per_epoch * self.config.epochs
+        self.total_steps = min(total, self.config.max_steps) if self.config.max_steps else total
+        self.schedule = LRSchedule(self.optimizer, recipe.scheduler, self.total_steps)
+        self.callbacks = self._build_callbacks(list(callbacks), registry)
+        self.ddp: DistributedDataParallel | None = None
+        self.signals = StopSignals()
+        # position and bookkeeping: everything here goes into a checkpoint
+        self.epoch = 0
+        self.global_step = 0
+        self.batch_in_epoch = 0
+        self.stages_applied: list[int] = []
+        self.should_stop = False
+        self.stop_reason = "completed"
+        self.last_eval_step = -1
+        self.eval_pending = False
+        self.last_val_metrics: dict[str, float] = {}
+        self.history: list[dict[str, float]] = []
+        self._epoch_loss = [0.0, 0]  # host-side sum and count, filled at each log flush
+        self._epoch_skipped = 0
+        self.nonfinite_steps = 0  # optimizer steps skipped for a non-finite loss, over the whole fit
+        self._window = _Window(self.device)
+        self._last_saved: tuple[int, int, int] | None = None
+        self._last_checkpoint: Path | None = None
+
+    # ------------------------------------------------------------------ set-up helpers
+
+    @property
+    def is_main(self) -> bool:
+        return self.context.is_main
+
+    @property
+    def steps_done_in_epoch(self) -> int:
+        return math.ceil(self.batch_in_epoch / self.config.grad_accum_steps)
+
+    def _autocast_context(self) -> Callable[[], Any]:
+        precision, kind = self.config.precision, self.device.type
+        if precision == "fp32":
+            return contextlib.nullcontext
+        if precision == "fp16" and kind != "cuda":
+            raise ValueError(
+                f"trainer.precision=fp16 needs a CUDA device (GradScaler), but training runs on {kind}; "
+                "use precision=bf16 on CPU"
+            )
+        dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+        return lambda: torch.autocast(device_type=kind, dtype=dtype)
+
+    def _build_callbacks(self, extra: list[Callback], registry: Registry | None) -> list[Callback]:
+        if registry is None:
+            from mmfuse.plugins import get_registry
+
+            registry = get_registry()
+        named = [registry.get("callback", slot.type).build(slot.params) for slot in self.recipe.callbacks]
+        chosen = named + extra
+        early = self.config.early_stopping
+        monitor = self.config.checkpoint.monitor or (early.monitor if early else "val/loss")
+        mode = self.config.checkpoint.mode or (early.mode if early else "min")
+        builtins: list[Callback] = [Checkpointing(self.config.checkpoint, monitor, mode)]
+        if early is not None and not any(isinstance(c, EarlyStopping) for c in chosen):
+            builtins.append(EarlyStopping(early))
+        tensorboard = self.config.tensorboard
+        if tensorboard == "on" or (tensorboard == "auto" and tensorboard_available()):
+            if not any(isinstance(c, TensorBoardLogger) for c in chosen):
+                chosen.append(TensorBoardLogger())
+        if self.config.progress != "off":
+            chosen.append(ProgressLogger(self.config.progress))
+        return builtins + chosen + [CSVLogger()]
+
+    def _call(self, hook: str, *args: Any) -> None:
+        for callback in self.callbacks:
+            getattr(callback, hook)(self, *args)
+
+    def log(self, message: str) -> None:
+        """Print a line on rank 0."""
+        if self.is_main:
+            print(message, flush=True)
+
+    def request_stop(self, reason: str) -> None:
+        """Stop after the current step (callbacks call this; the fit ends with a checkpoint)."""
+        self.should_stop = True
+        self.stop_reason = reason
+
+    # ------------------------------------------------------------------ fit
+
+    def fit(self, resume: Path | str | None = None) -> FitResult:
+        """Train until ``trainer.epochs`` / ``max_steps``, early stopping, a stop request or a signal."""
+        seed_everything(self.recipe.seed + self.context.rank)
+        if self.config.deterministic:
+            make_deterministic()
+        if resume is not None:
+            self._restore(find_resumable(Path(resume)))
+        self._apply_due_stages()
+        self._wrap_ddp()
+        self.signals.install()
+        try:
+            self._call("on_fit_start")
+            if self.eval_pending:
+                self._validate()
+            while self.epoch < self.config.epochs and not self.should_stop:
+                self._train_epoch()
+        except _EvaluationInterrupted:
+            self.eval_pending = True
+            self.request_stop("signal")
+        except BaseException as exc:
+            self._call("on_exception", exc)
+            raise
+        finally:
+            self.signals.restore()
+        last = self.save_checkpoint()
+        result = self._result(last)
+        self._call("on_fit_end", result)
+        self.context.barrier()
+        return result
+
+    def _train_epoch(self) -> None:
+        config = self.config
+        accum = config.grad_accum_steps
+        start_epoch(self.train_loader, self.epoch, self.batch_in_epoch)
+        self._call("on_train_epoch_start")
+        self.model.train()
+        forward = self.ddp or self.model
+        window = self._window
+        step_bad = None
+        for batch in self.train_loader:
+            self._epoch_skipped += int(batch.pop("skipped", 0))
+            batch = move_to_device(batch, self.device)
+            self.batch_in_epoch += 1
+            window.batches += 1
+            steps_now = self.batch_in_epoch % accum == 0 or self.batch_in_epoch == self.batches_per_epoch
+            sync = contextlib.nullcontext() if (steps_now or self.ddp is None) else self.ddp.no_sync()
+            with sync:
+                with self.autocast():
+                    outputs = forward(batch)
+                    loss, _ = self.model.compute_loss(outputs, batch.get("targets", {}))
+                self.scaler.scale(loss / accum if accum > 1 else loss).backward()
+            loss = loss.detach().float()
+            bad = torch.logical_not(torch.isfinite(loss)).float()
+            window.loss += torch.nan_to_num(loss, nan=0.0, posinf=0.0, neginf=0.0)
+            window.bad += bad
+            step_bad = bad if step_bad is None else torch.maximum(step_bad, bad)
+            if not steps_now:
+                continue
+
+            self._optimizer_step(step_bad)
+            window.nonfinite_steps += step_bad
+            step_bad = None
+            self.global_step += 1
+            self._call("on_train_batch_end", loss)
+            if config.max_steps and self.global_step >= config.max_steps:
+                self.request_stop("max_steps")
+            at_log = self.global_step % config.log_every_steps == 0
+            if at_log:
+                self._flush_window()
+            if self.val_dataset is not None and config.eval_every_steps and self.global_step % config.eval_every_steps == 0:
+                self._validate()
+            self._apply_due_stages()
+            if self._stop_now(at_log):
+                break
+        self._flush_window(log=False)
+        if self.batch_in_epoch >= self.batches_per_epoch:
+            self._end_epoch()
+
+    def _optimizer_step(self, bad: torch.Tensor) -> None:
+        """Clip, step (skipping a non-finite step on the device where possible), schedule, zero."""
+        optimizer = self.optimizer
+        if self.config.clip_grad_norm is not None:
+            self.scaler.unscale_(optimizer)
+            params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+            torch.nn.utils.clip_grad_norm_(params, self.config.clip_grad_norm, foreach=True)
+        if self.scaler.is_enabled():
+            self.scaler.step(optimizer)  # GradScaler itself skips steps whose gradients are not finite
+            self.scaler.update()
+        elif self.device_side_skip:
+            optimizer.found_inf = bad  # type: ignore[attr-defined]
+            optimizer.step()
+            del optimizer.found_inf  # type: ignore[attr-defined]
+        elif not bool(bad):  # optimizers without a fused kernel have no device-side skip: one sync
+            optimizer.step()
+        self.schedule.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    def _flush_window(self, log: bool = True) -> None:
+        """Read the device-side counters back: the only host sync of the training loop."""
+        window = self._window
+        if window.batches == 0:
+            return
+        good = window.batches - int(window.bad.item())
+        loss_sum = float(window.loss.item())
+        nonfinite = int(window.nonfinite_steps.item())
+        samples = window.batches * self.recipe.data.batch_size * self.context.world_size
+        elapsed = max(time.perf_counter() - window.started, 1e-9)
+        window.reset()
+        self._epoch_loss[0] += loss_sum
+        self._epoch_loss[1] += good
+        if nonfinite:
+            if self.config.nonfinite_loss == "stop":
+                raise NonFiniteLossError(
+                    f"the loss was NaN/inf at {nonfinite} step(s) up to step {self.global_step} (epoch {self.epoch + 1}); "
+                    "trainer.nonfinite_loss=stop. Those updates were not applied; the last checkpoint is intact. "
+                    "Lower optimizer.lr, set trainer.clip_grad_norm, or use trainer.nonfinite_loss=skip_step."
+                )
+            self.nonfinite_steps += nonfinite
+            self.log(f"skipped {nonfinite} optimizer step(s) with a non-finite loss (up to step {self.global_step})")
+        if log:
+            metrics = {
+                "step": float(self.global_step),
+                "epoch": float(self.epoch),
+                "train/loss": loss_sum / good if good else float("nan"),
+                "lr": self.schedule.current_lr(),
+                "samples_per_sec": samples / elapsed,
+            }
+            self._call("on_log", metrics)
+
+    def _stop_now(self, at_log: bool) -> bool:
+        """Whether to leave the epoch loop. Signals are agreed across ranks at log steps only,
+        so DDP costs one tiny collective per log interval, not per step."""
+        signalled = self.signals.received is not None
+        if self.context.is_distributed:
+            signalled = any_rank_true(signalled, self.context) if at_log else False
+        if signalled and self.stop_reason != "signal":
+            self.log(f"received {self.signals.name or 'a stop signal'}: checkpointing at step {self.global_step}")
+            self.request_stop("signal")
+        return self.should_stop
+
+    def _end_epoch(self) -> None:
+        if self.val_dataset is not None and self.last_eval_step != self.global_step:
+            self._validate()
+        loss_sum, count = self._epoch_loss
+        row = {
+            "epoch": self.epoch + 1,
+            "step": self.global_step,
+            "train/loss": loss_sum / count if count else float("nan"),
+            "train/skipped": self._epoch_skipped,
+            "lr": self.schedule.current_lr(),
+            **self.last_val_metrics,
+        }
+        if self._epoch_skipped:
+            self.log(f"epoch {self.epoch + 1}: skipped {self._epoch_skipped} bad sample(s) (data.on_bad_sample=skip)")
+        self.history.append(row)
+        self._call("on_train_epoch_end", row)
+        self.epoch += 1
+        self.batch_in_epoch = 0
+        self._epoch_loss = [0.0, 0]
+        self._epoch_skipped = 0
+        self.save_checkpoint()
+
+    def _apply_due_stages(self) -> None:
+        for index, stage in enumerate(self.config.stages):
+            if index not in self.stages_applied and stage_is_due(stage, self.epoch, self.global_step):
+                added = apply_stage(self.model, self.recipe, self.optimizer, stage, index)
+                self.stages_applied.append(index)
+                self.schedule.apply()
+                self.log(f"stage {index}: unfroze {', '.join(stage.unfreeze)} ({added} tensors) at step {self.global_step}")
+                if self.ddp is not None:
+                    self._wrap_ddp()  # DDP registers gradient hooks only for parameters trainable at wrap time
+
+    def _wrap_ddp(self) -> None:
+        if not self.context.is_distributed:
+            return
+        device_ids = [self.device.index] if self.device.type == "cuda" else None
+        self.ddp = DistributedDataParallel(
+            self.model, device_ids=device_ids, find_unused_parameters=self.config.find_unused_parameters
+        )
+
+    # ------------------------------------------------------------------ evaluation
+
+    def _validate(self) -> None:
+        assert self.val_dataset is not None
+        self.last_val_metrics = self.evaluate(self.val_dataset, prefix="val")
+        self.last_eval_step = self.global_step
+        self.eval_pending = False
+        self._call("on_validation_end", self.last_val_metrics)
+
+    def evaluate(self, dataset: Dataset, prefix: str = "val") -> dict[str, float]:
+        """Loss and every task's metrics over ``dataset`` (split across ranks, reduced):
+        ``<prefix>/loss`` and ``<prefix>/<task>/<metric>``."""
+        loader = build_loader(
+            dataset, self.collate, self.recipe.data, train=False,
+            rank=self.context.rank, world_size=self.context.world_size, seed=self.recipe.seed,
+        )
+        # ranks may hold one batch more than others: only poll signals (a collective) in batches all have
+        world = self.context.world_size
+        common_batches = math.ceil(len(range(world - 1, len(dataset), world)) / (loader.batch_size or 1))  # type: ignore[arg-type]
+        model = self.model
+        was_training = model.training
+        model.eval()
+        tasks = dict(model.tasks.items())
+        metrics = {name: task.build_metrics().to(self.device) for name, task in tasks.items()}
+        loss_sum = torch.zeros((), device=self.device, dtype=torch.float64)
+        count = torch.zeros((), device=self.device, dtype=torch.float64)
+        with torch.no_grad():
+            for index, batch in enumerate(loader):
+                if self._signal_during_eval(index, common_batches):
+                    model.train(was_training)
+                    raise _EvaluationInterrupted
+                batch.pop("skipped", None)
+                batch = move_to_device(batch, self.device)
+                targets = batch.get("targets", {})
+                with self.autocast():
+                    outputs = model(batch)
+                    loss, _ = model.compute_loss(outputs, targets)
+                size = _batch_size(batch)
+                loss_sum += loss.detach().double() * size
+                count += size
+                for name, task in tasks.items():
+                    task.update_metrics(metrics[name], outputs[name], targets.get(name))
+        all_reduce_sum(loss_sum, self.context)
+        all_reduce_sum(count, self.context)
+        result = {f"{prefix}/loss": float(loss_sum / count.clamp_min(1))}
+        for name, collection in metrics.items():
+            for key, value in collection.compute().items():
+                if value.numel() == 1:
+                    result[f"{prefix}/{name}/{key}"] = float(value)
+        model.train(was_training)
+        return result
+
+    def _signal_during_eval(self, index: int, common_batches: int) -> bool:
+        if self.signals.received is None and not self.context.is_distributed:
+            return False
+        if not self.context.is_distributed:
+            return True
+        if index < common_batches and index % self.config.log_every_steps == 0:
+            return any_rank_true(self.signals.received is not None, self.context)
+        return False
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def save_checkpoint(self) -> Path:
+        """Checkpoint the current position (rank 0 writes; once per position); return its path."""
+        folder = self.run_dir / "checkpoints"
+        position = (self.epoch, self.batch_in_epoch, self.global_step)
+        if position == self._last_saved and self._last_checkpoint is not None:
+            return self._last_checkpoint
+        path = folder / checkpoint_name(self.global_step)
+        self._flush_window(log=False)
+        if self.is_main:
+            meta = {"epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch, "recipe": self.recipe.name}
+            path = save_checkpoint(folder, self.global_step, self.model, self._train_state(), meta)
+        self._last_saved, self._last_checkpoint = position, path
+        self._call("on_checkpoint", path)
+        return path
+
+    def _train_state(self) -> dict[str, Any]:
+        keys = [callback.state_key for callback in self.callbacks]
+        return {
+            "format": 1,
+            "position": {"epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch, "global_step": self.global_step},
+            "stages_applied": list(self.stages_applied),
+            "optimizer": self.optimizer.state_dict(),
+            "schedule": self.schedule.state_dict(),
+            "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else {},
+            "rng": capture_rng_state(),
+            "callbacks": {_unique(keys, i): cb.state_dict() for i, cb in enumerate(self.callbacks)},
+            "progress": {
+                "epoch_loss_sum": self._epoch_loss[0],
+                "epoch_loss_count": self._epoch_loss[1],
+                "epoch_skipped": self._epoch_skipped,
+                "nonfinite_steps": self.nonfinite_steps,
+                "last_eval_step": self.last_eval_step,
+                "eval_pending": self.eval_pending,
+                "last_val_metrics": dict(self.last_val_metrics),
+                "history": [dict(row) for row in self.history],
+            },
+        }
+
+    def _restore(self, checkpoint: Checkpoint) -> None:
+        state = checkpoint.state
+        load_model_weights(self.model, {k: v.to(self.device) for k, v in checkpoint.weights.items()})
+        for index in state["stages_applied"]:
+            apply_stage(self.model, self.recipe, self.optimizer, self.config.stages[index], index)
+            self.stages_applied.append(index)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.schedule.load_state_dict(state["schedule"])
+        if state["scaler"] and self.scaler.is_enabled():
+            self.scaler.load_state_dict(state["scaler"])
+        keys = [callback.state_key for callback in self.callbacks]
+        for index, callback in enumerate(self.callbacks):
+            saved = state["callbacks"].get(_unique(keys, index))
+            if saved is not None:
+                callback.load_state_dict(saved)
+        position, progress = state["position"], state["progress"]
+        self.epoch, self.batch_in_epoch = position["epoch"], position["batch_in_epoch"]
+        self.global_step = position["global_step"]
+        self._epoch_loss = [progress["epoch_loss_sum"], progress["epoch_loss_count"]]
+        self._epoch_skipped = progress["epoch_skipped"]
+        self.nonfinite_steps = progress["nonfinite_steps"]
+        self.last_eval_step = progress["last_eval_step"]
+        self.eval_pending = progress["eval_pending"]
+        self.last_val_metrics = dict(progress["last_val_metrics"])
+        self.history = [dict(row) for row in progress["history"]]
+        restore_rng_state(state["rng"])
+        self._last_saved, self._last_checkpoint = (self.epoch, self.batch_in_epoch, self.global_step), checkpoint.path
+        self.log(f"resumed from {checkpoint.path} (epoch {self.epoch + 1}, step {self.global_step})")
+
+    def _result(self, last: Path) -> FitResult:
+        checkpointing = next(c for c in self.callbacks if isinstance(c, Checkpointing))
+        best = last.parent / checkpointing.best_name if checkpointing.best_name else None
+        return FitResult(
+            global_step=self.global_step,
+            epochs_completed=self.epoch,
+            stop_reason=self.stop_reason,
+            last_checkpoint=last,
+            best_checkpoint=best,
+            best_metric=checkpointing.best_value,
+            metrics=dict(self.history[-1]) if self.history else {},
+            history=list(self.history),
+        )
+
+
+class _Window:
+    """Device-side sums since the last log: read back only when flushed."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.loss = torch.zeros((), device=device)
+        self.bad = torch.zeros((), device=device)  # non-finite micro-batches
+        self.nonfinite_steps = torch.zeros((), device=device)
+        self.batches = 0
+        self.started = time.perf_counter()
+
+    def reset(self) -> None:
+        self.loss.zero_()
+        self.bad.zero_()
+        self.nonfinite_steps.zero_()
+        self.batches = 0
+        self.started = time.perf_counter()
+
+
+def _unique(keys: list[str], index: int) -> str:
+    """State key of the callback at ``index``, numbered when several callbacks share a key."""
+    key = keys[index]
+    return key if keys.count(key) == 1 else f"{key}#{keys[:index].count(key)}"
+
+
+def _batch_size(batch: dict[str, Any]) -> int:
+    for group in ("targets", "present"):
+        for value in batch.get(group, {}).values():
+            if isinstance(value, torch.Tensor) and value.ndim > 0:
+                return int(value.shape[0])
+    for tensors in batch.get("inputs", {}).values():
+        for value in tensors.values():
+            return int(value.shape[0])
+    raise ValueError("cannot tell the batch size: the batch has no targets, presence masks or inputs")

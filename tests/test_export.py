@@ -1,0 +1,109 @@
+"""ONNX and torch.export of a model folder: named flat inputs, parity with eager, dynamic batch, CLI."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from mmfuse.artifact import save
+from mmfuse.cli import main
+from mmfuse.export import ExportError, FlatFusedModel, export_model
+from mmfuse.model import build_fused_model
+from mmfuse.predict import Predictor
+from mmfuse.recipe import parse_recipe
+from tests.model_folder_plugin import VECTOR_SAMPLES, vector_recipe
+
+
+@pytest.fixture
+def vector_folder(tmp_path):
+    recipe = parse_recipe(vector_recipe())
+    torch.manual_seed(5)
+    model = build_fused_model(recipe).eval()
+    return save(model, tmp_path / "run" / "model", recipe), model, recipe
+
+
+def _eager(model, batch) -> dict[str, torch.Tensor]:
+    with torch.no_grad():
+        return model(batch)
+
+
+def _fresh_batch(predictor: Predictor, count: int) -> dict:
+    """Samples the export never saw, of another batch size, one with the modality missing."""
+    generator = torch.Generator().manual_seed(count)
+    samples = [{"feats": torch.randn(4, generator=generator).tolist()} for _ in range(count)]
+    batch = predictor.collate(samples)
+    batch["present"]["feats"][1] = False
+    return batch
+
+
+def test_onnx_matches_eager_on_a_new_batch_size(vector_folder, tmp_path):
+    import onnxruntime
+
+    folder, model, recipe = vector_folder
+    out = export_model(folder, tmp_path / "model.onnx", format="onnx", example=VECTOR_SAMPLES)
+    info = json.loads((tmp_path / "model.onnx.json").read_text())
+    assert [item["name"] for item in info["inputs"]] == ["inputs.feats.values", "present.feats"]
+    assert [item["name"] for item in info["outputs"]] == ["label", "score"]
+    assert info["labels"] == {"label": ["neg", "pos", "neutral"]}
+    assert info["parity_max_abs_diff"] <= 1e-4
+
+    session = onnxruntime.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    assert [i.name for i in session.get_inputs()] == ["inputs.feats.values", "present.feats"]
+    batch = _fresh_batch(Predictor(model, recipe), count=5)
+    label, score = session.run(
+        ["label", "score"],
+        {"inputs.feats.values": batch["inputs"]["feats"]["values"].numpy(),
+         "present.feats": batch["present"]["feats"].numpy()},
+    )
+    expected = _eager(model, batch)
+    assert label.shape == (5, 3)
+    assert np.abs(label - expected["label"].numpy()).max() <= 1e-4
+    assert np.abs(score - expected["score"].numpy()).max() <= 1e-4
+
+
+def test_torch_export_program_matches_eager_after_save_and_load(vector_folder, tmp_path):
+    folder, model, recipe = vector_folder
+    out = export_model(folder.parent, tmp_path / "model.pt2", format="torch-export", example=VECTOR_SAMPLES)
+    program = torch.export.load(str(out))
+    batch = _fresh_batch(Predictor(model, recipe), count=3)
+    flat = FlatFusedModel(model, {"feats": ["values"]}, ["label", "score"]).flatten_batch(batch)
+    label, score = program.module()(*flat)
+    expected = _eager(model, batch)
+    assert (label - expected["label"]).abs().max() <= 1e-4
+    assert (score - expected["score"]).abs().max() <= 1e-4
+
+
+def test_export_without_samples_uses_padding_rows(vector_folder, tmp_path):
+    folder = vector_folder[0]
+    out = export_model(folder, tmp_path / "blank.onnx")
+    info = json.loads((tmp_path / "blank.onnx.json").read_text())
+    assert info["inputs"][0]["example_shape"] == [2, 4]
+    assert out.stat().st_size > 1000
+
+
+def test_unknown_format_is_refused(vector_folder, tmp_path):
+    with pytest.raises(ExportError, match="unknown export format 'tflite'; choose one of onnx, torch-export"):
+        export_model(vector_folder[0], tmp_path / "m.tflite", format="tflite")
+
+
+def test_cli_exports_a_run_folder(vector_folder, tmp_path, capsys):
+    folder = vector_folder[0]
+    samples = tmp_path / "samples.jsonl"
+    samples.write_text("\n".join(json.dumps(s) for s in VECTOR_SAMPLES[:3]) + "\n")
+    assert main(["export", str(folder.parent), "--format", "onnx", "--samples", str(samples)]) == 0
+    out = capsys.readouterr().out
+    assert f"wrote {folder.parent / 'model.onnx'} (onnx)" in out
+    assert "inputs: inputs.feats.values, present.feats; outputs: label, score" in out
+    assert (folder.parent / "model.onnx").is_file()
+
+
+def test_cli_reports_bad_input(vector_folder, tmp_path, capsys):
+    assert main(["export", str(tmp_path / "missing")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"feats": [1, 2, 3, 4]}\nnot json\n')
+    assert main(["export", str(vector_folder[0]), "--samples", str(bad)]) == 2
+    assert "bad.jsonl line 2: not valid JSON" in capsys.readouterr().err

@@ -97,19 +97,25 @@ def resolve_image_settings(model: nn.Module, overrides: ImagePreprocessingOverri
     }
 
 
-def timm_rebuild_args(model: nn.Module, extra_kwargs: dict[str, Any]) -> dict[str, Any]:
+def timm_rebuild_args(
+    model: nn.Module, extra_kwargs: dict[str, Any], image_settings: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """Config overrides that rebuild ``model``'s architecture offline with random weights: the bare
     architecture name and its construction arguments (a 'local-dir:' or 'hf-hub:' source and a
-    checkpoint file are no longer needed once the weights travel in the model folder)."""
+    checkpoint file are no longer needed once the weights travel in the model folder). Resolved
+    ``image_settings`` are pinned too: a bare architecture name may have other defaults than the
+    config it was loaded from."""
     from timm.models._input import get_model_args
 
     kwargs = {k: v for k, v in get_model_args(model, {}).items() if k not in ("num_classes", "in_chans")}
     kwargs.update({k: v for k, v in extra_kwargs.items() if k != "in_chans"})
+    pinned = ("image_size", "mean", "std", "interpolation", "crop_pct")
     return {
         "model": model.pretrained_cfg["architecture"],
         "pretrained": False,
         "checkpoint": None,
         "model_kwargs": json_safe(kwargs),
+        **{key: image_settings[key] for key in pinned if image_settings is not None},
     }
 
 

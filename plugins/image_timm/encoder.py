@@ -57,10 +57,7 @@ class ImageTimmEncoder(Encoder):
         self.backbone.set_grad_checkpointing(enable)
 
     def export_assets(self, folder: str) -> dict[str, Any]:
-        # the resolved preprocessing is pinned: a bare architecture name has other defaults
-        # than the 'local-dir:' / 'hf-hub:' config it was loaded from
-        pinned = ("image_size", "mean", "std", "interpolation", "crop_pct")
-        return {**timm_rebuild_args(self.backbone, self.config.model_kwargs), **{k: self._settings[k] for k in pinned}}
+        return timm_rebuild_args(self.backbone, self.config.model_kwargs, self._settings)
 
 
 def build_image_encoder(config: ImageTimmConfig) -> ImageTimmEncoder:

@@ -117,13 +117,13 @@ def _check_forward(encoder: Encoder, preprocessor: Preprocessor, batch: dict, si
     expect(isinstance(out, EncoderOutput), f"forward returned {type(out).__name__}, not an EncoderOutput")
     dim = encoder.output_dim
     expect(
-        out.tokens.ndim == 3 and out.tokens.shape[0] == size and out.tokens.shape[2] == dim,
-        f"tokens have shape {tuple(out.tokens.shape)}; expected [{size}, T, {dim}] (output_dim={dim})",
-    )
-    expect(
         tuple(out.pooled.shape) == (size, dim),
         f"pooled has shape {tuple(out.pooled.shape)}; expected [{size}, {dim}] (output_dim={dim}): output_dim "
         f"must state the real feature size, fusion heads are built from it",
+    )
+    expect(
+        out.tokens.ndim == 3 and out.tokens.shape[0] == size and out.tokens.shape[2] == dim,
+        f"tokens have shape {tuple(out.tokens.shape)}; expected [{size}, T, {dim}] (output_dim={dim})",
     )
     expect(
         out.mask.dtype == torch.bool and tuple(out.mask.shape) == tuple(out.tokens.shape[:2]),

@@ -178,7 +178,7 @@ class ManifestDataset(Dataset):
         if self.on_bad_sample == "error":
             raise DataError.combine(
                 [error for _, error in problems],
-                hint="Fix these rows, or set data.on_bad_sample=skip to drop bad samples.",
+                hint="Fix these rows, or skip bad samples (recipe: data.on_bad_sample=skip; eval / predict: --on-bad-sample skip).",
             )
         for index, error in problems:
             self._skip_reasons.setdefault(index, str(error))

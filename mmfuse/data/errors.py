@@ -48,8 +48,11 @@ class DataError(ValueError):
     @classmethod
     def combine(cls, problems: Sequence["DataError"], hint: str = "") -> "DataError":
         """One error listing several problems (the first ``MAX_LISTED``), with an optional fix."""
-        if len(problems) == 1 and not hint:
-            return problems[0]
+        if len(problems) == 1:
+            first = problems[0]
+            if not hint:
+                return first
+            return cls(f"{first.reason}\n{hint}", manifest=first.manifest, line=first.line, column=first.column)
         listed = "".join(f"\n  - {p}" for p in problems[:MAX_LISTED])
         more = len(problems) - MAX_LISTED
         if more > 0:

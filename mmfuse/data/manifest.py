@@ -83,7 +83,7 @@ def read_manifest(
         registry = get_registry()
     path = Path(path)
     if not path.is_file():
-        raise DataError(f"{role} manifest not found: {path}", manifest=path)
+        raise DataError(f"{role} manifest not found: {path.absolute()}")
     name, defaults = reader_name_for(path, format)
     try:
         spec = registry.get("reader", name)

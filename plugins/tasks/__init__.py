@@ -1,14 +1,27 @@
-"""Built-in tasks (head + loss + metrics). Config classes and registration only."""
+"""Built-in tasks (head + loss + metrics). Config classes, the torch-free parsing of target values
+that ``fit_targets`` needs, and registration; torch code in sibling modules.
+docs/fusion_and_tasks.md describes each task and its target format."""
 
 from __future__ import annotations
 
+import json
+import math
 from typing import Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from mmfuse.hookspecs import hookimpl
 
-__all__ = ["ClassificationConfig", "RegressionConfig"]
+__all__ = [
+    "ClassificationConfig",
+    "RegressionConfig",
+    "MultilabelConfig",
+    "ContrastiveConfig",
+    "DistillationConfig",
+    "TeacherTarget",
+    "parse_teacher_target",
+    "split_label_list",
+]
 
 Label = Union[int, str]
 
@@ -63,6 +76,163 @@ class RegressionConfig(BaseModel):
     dropout: float = Field(0.0, ge=0, lt=1)
 
 
+class MultilabelConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    labels: list[Label] | None = Field(
+        None, description="label vocabulary in index order; default: learned from the training split"
+    )
+    separator: str | None = Field(
+        None, description="split a string target on this ('a|b'); default: a string is one label"
+    )
+    threshold: float = Field(0.5, gt=0, lt=1, description="probability above which a label is predicted")
+    hidden_dim: int | None = Field(None, gt=0, description="optional hidden layer in the head")
+    dropout: float = Field(0.0, ge=0, lt=1)
+    pos_weight: dict[str, float] | None = Field(None, description="label -> weight of its positive term")
+
+    @model_validator(mode="after")
+    def _check(self) -> "MultilabelConfig":
+        if self.labels is not None:
+            if not self.labels:
+                raise ValueError("multilabel needs at least 1 label")
+            if len({str(label) for label in self.labels}) != len(self.labels):
+                raise ValueError(f"labels must be unique, got {self.labels}")
+            if self.pos_weight:
+                unknown = set(self.pos_weight) - {str(label) for label in self.labels}
+                if unknown:
+                    raise ValueError(f"pos_weight names unknown labels {sorted(unknown)}")
+        return self
+
+    def fit_targets(self, values: list[Any]) -> "MultilabelConfig":
+        """Learn the label vocabulary: every label of every training row (sorted, stable)."""
+        if self.labels is not None:
+            return self
+        unique: dict[str, Any] = {}
+        for value in values:
+            if value is not None:
+                unique.update({str(label): label for label in split_label_list(value, self.separator)})
+        if not unique:
+            raise ValueError("multilabel: no labels found in the training targets; give 'labels' in the recipe")
+        labels = [unique[key] for key in sorted(unique, key=_label_sort_key)]
+        return self.model_copy(update={"labels": labels})
+
+
+def split_label_list(value: Any, separator: str | None) -> list[Any]:
+    """One multilabel target value -> its labels (a list, or a string split on ``separator``)."""
+    if isinstance(value, str):
+        if separator is None:
+            return [value]
+        return [part.strip() for part in value.split(separator) if part.strip()]
+    if isinstance(value, (list, tuple)):
+        return list(value)
+    return [value]
+
+
+class ContrastiveConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    encoders: list[str] = Field(..., description="the two encoders whose pooled embeddings are aligned")
+    embed_dim: int = Field(128, gt=0, description="shared embedding size both sides are projected to")
+    temperature: float = Field(0.07, gt=0, description="initial softmax temperature")
+    learn_temperature: bool = True
+    max_logit_scale: float = Field(100.0, gt=1, description="clamp of 1/temperature (CLIP: 100)")
+    gather_across_processes: bool = Field(
+        True, description="under torch.distributed, use every process's batch as negatives"
+    )
+
+    @field_validator("encoders")
+    @classmethod
+    def _two_distinct(cls, value: list[str]) -> list[str]:
+        if len(value) != 2 or value[0] == value[1]:
+            raise ValueError(f"contrastive needs exactly two different encoders, got {value}")
+        return value
+
+
+class DistillationConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    labels: list[Label] | None = Field(
+        None, description="class names in the teacher's logit order (needed for string hard labels)"
+    )
+    num_classes: int | None = Field(
+        None, ge=2, description="number of teacher logits; default: len(labels) or the training targets"
+    )
+    temperature: float = Field(2.0, gt=0, description="softens both teacher and student distributions")
+    alpha: float = Field(
+        1.0, ge=0, le=1, description="weight of the KL term; 1 - alpha weighs the hard-label cross-entropy"
+    )
+    hidden_dim: int | None = Field(None, gt=0, description="optional hidden layer in the student head")
+    dropout: float = Field(0.0, ge=0, lt=1)
+
+    @model_validator(mode="after")
+    def _check(self) -> "DistillationConfig":
+        if self.labels is not None:
+            if len({str(label) for label in self.labels}) != len(self.labels):
+                raise ValueError(f"labels must be unique, got {self.labels}")
+            if self.num_classes is not None and self.num_classes != len(self.labels):
+                raise ValueError(f"num_classes ({self.num_classes}) != number of labels ({len(self.labels)})")
+            if len(self.labels) < 2:
+                raise ValueError("distillation needs at least 2 classes")
+        return self
+
+    @property
+    def classes(self) -> int | None:
+        return len(self.labels) if self.labels is not None else self.num_classes
+
+    def fit_targets(self, values: list[Any]) -> "DistillationConfig":
+        """Take the number of classes from the teacher logits of the training targets."""
+        targets = [parse_teacher_target(v) for v in values if v is not None]
+        lengths = {len(target.logits) for target in targets}
+        if len(lengths) > 1:
+            raise ValueError(f"distillation: teacher logits of the training rows differ in length: {sorted(lengths)}")
+        if self.alpha < 1 and targets and all(target.label is None for target in targets):
+            raise ValueError(
+                f"distillation: alpha={self.alpha} weighs a hard-label loss, but no training target has a "
+                "'label'; write targets as {'logits': [...], 'label': ...} or set alpha: 1"
+            )
+        if self.classes is not None:
+            if lengths and lengths != {self.classes}:
+                raise ValueError(f"distillation: {self.classes} classes configured, teacher gives {lengths.pop()} logits")
+            return self
+        if not lengths:
+            return self
+        return self.model_copy(update={"num_classes": lengths.pop()})
+
+
+class TeacherTarget(BaseModel):
+    """One distillation target: the teacher's logits and, optionally, the hard label."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    logits: list[float]
+    label: Label | None = None
+
+
+def parse_teacher_target(value: Any) -> TeacherTarget:
+    """A distillation target value -> TeacherTarget.
+
+    Accepted: a list of teacher logits; ``{"logits": [...], "label": "cat"}``; or either one as a
+    JSON string (CSV manifests). Raises ValueError saying which form was expected."""
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"distillation target is not JSON: {value[:80]!r}") from exc
+    if isinstance(value, (list, tuple)):
+        value = {"logits": list(value)}
+    if not isinstance(value, dict):
+        raise ValueError(
+            f"distillation target must be a list of teacher logits or {{'logits': [...], 'label': ...}}, got {value!r}"
+        )
+    try:
+        target = TeacherTarget.model_validate(value)
+    except ValueError as exc:
+        raise ValueError(f"invalid distillation target {value!r}: {exc}") from exc
+    if not all(math.isfinite(x) for x in target.logits):
+        raise ValueError(f"non-finite teacher logit in {target.logits!r}")
+    return target
+
+
 @hookimpl
 def mmfuse_register_tasks(register) -> None:
     register(
@@ -76,4 +246,23 @@ def mmfuse_register_tasks(register) -> None:
         builder="mmfuse_plugins.tasks.regression:build_regression",
         config=RegressionConfig,
         description="regression: MSE or Huber; MAE, RMSE, R2",
+    )
+    register(
+        "mmfuse/multilabel",
+        builder="mmfuse_plugins.tasks.multilabel:build_multilabel",
+        config=MultilabelConfig,
+        description="multi-label classification: BCE with logits; micro/macro F1, mAP",
+    )
+    register(
+        "mmfuse/contrastive",
+        builder="mmfuse_plugins.tasks.contrastive:build_contrastive",
+        config=ContrastiveConfig,
+        description="CLIP-style symmetric InfoNCE between two encoders; retrieval recall@1/5",
+        aliases=("clip",),
+    )
+    register(
+        "mmfuse/distillation",
+        builder="mmfuse_plugins.tasks.distillation:build_distillation",
+        config=DistillationConfig,
+        description="KL to a teacher's soft targets (temperature), plus an optional hard-label loss",
     )

@@ -48,7 +48,7 @@ class RegressionTask(Task):
             {
                 "mae": torchmetrics.MeanAbsoluteError(),
                 "rmse": torchmetrics.MeanSquaredError(squared=False),
-                "r2": torchmetrics.R2Score(num_outputs=self.config.output_dim),
+                "r2": torchmetrics.R2Score(),
             }
         )
 

@@ -1,0 +1,318 @@
+"""Built-in tasks: losses against hand computations, metrics on fixed examples, target encoding,
+forward/backward with 1, 2 and 4 modalities and missing ones, contrastive gathering across
+processes, and several tasks sharing one model."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from mmfuse.contracts import EncoderOutput, SampleError, Task
+from mmfuse.plugins import load_registry
+
+TASKS = sorted(spec.name for spec in load_registry().specs("task") if spec.name.startswith("mmfuse/"))
+FUSED = 4
+
+
+def build(name: str, encoder_dims: dict[str, int] | None = None, **params) -> Task:
+    spec = load_registry().get("task", name)
+    task = spec.build(spec.config.model_validate(params), fused_dim=FUSED, encoder_dims=encoder_dims or {})
+    assert isinstance(task, Task)
+    return task
+
+
+def fitted(name: str, values: list, **params) -> Task:
+    spec = load_registry().get("task", name)
+    config = spec.config.model_validate(params).fit_targets(values)
+    return spec.build(config, fused_dim=FUSED, encoder_dims={})
+
+
+def log_softmax(row: list[float]) -> list[float]:
+    top = max(row)
+    norm = top + math.log(sum(math.exp(x - top) for x in row))
+    return [x - norm for x in row]
+
+
+# --------------------------------------------------------------------------- classification
+
+
+def test_classification_learns_string_labels_and_encodes_them():
+    task = fitted("mmfuse/classification", ["dog", "cat", None, "bird", "cat"])
+    assert task.labels == ["bird", "cat", "dog"]
+    assert task.encode_target("dog").item() == 2
+    with pytest.raises(SampleError, match="unknown label 'cow'"):
+        task.encode_target("cow")
+    assert task.predict(torch.tensor([[0.0, 0.0, 3.0], [5.0, 0.0, 0.0]])) == ["dog", "bird"]
+
+
+def test_classification_loss_by_hand_with_label_smoothing():
+    task = build("mmfuse/classification", labels=["a", "b", "c"], label_smoothing=0.3)
+    logits = [[2.0, 0.0, -1.0], [0.5, 0.5, 0.0]]
+    targets = [0, 2]
+    expected = 0.0
+    for row, target in zip(logits, targets):
+        logp = log_softmax(row)
+        expected += (1 - 0.3) * -logp[target] + 0.3 * -sum(logp) / 3
+    expected /= 2
+    loss = task.loss(torch.tensor(logits), torch.tensor(targets))
+    assert loss.item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_classification_loss_by_hand_with_class_weights():
+    task = build("mmfuse/classification", labels=["a", "b", "c"], class_weights={"c": 3.0})
+    logits = [[2.0, 0.0, -1.0], [0.5, 0.5, 0.0]]
+    weights = [1.0, 3.0]  # of the targets a and c
+    expected = (weights[0] * -log_softmax(logits[0])[0] + weights[1] * -log_softmax(logits[1])[2]) / sum(weights)
+    loss = task.loss(torch.tensor(logits), torch.tensor([0, 2]))
+    assert loss.item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_classification_metrics_on_a_fixed_example():
+    task = build("mmfuse/classification", labels=["a", "b", "c"])
+    metrics = task.build_metrics()
+    logits = torch.eye(3)[[0, 1, 1, 2]] * 4  # predictions a, b, b, c
+    task.update_metrics(metrics, logits, torch.tensor([0, 1, 2, 2]))
+    values = {k: v.item() for k, v in metrics.compute().items()}
+    # per class precision 1, 1/2, 1; recall 1, 1, 1/2; F1 1, 2/3, 2/3
+    assert values["accuracy"] == pytest.approx(0.75)
+    assert values["precision"] == pytest.approx(2.5 / 3)
+    assert values["recall"] == pytest.approx(2.5 / 3)
+    assert values["f1"] == pytest.approx((1 + 2 / 3 + 2 / 3) / 3)
+
+
+# --------------------------------------------------------------------------- regression
+
+
+def test_regression_mse_and_huber_by_hand():
+    outputs, targets = torch.tensor([[1.0], [2.0], [4.0]]), torch.tensor([[0.0], [2.0], [1.0]])
+    assert build("mmfuse/regression").loss(outputs, targets).item() == pytest.approx((1 + 0 + 9) / 3)
+    # Huber, delta 1: 0.5 d^2 for |d| <= 1, else |d| - 0.5: 0.5, 0, 2.5
+    huber = build("mmfuse/regression", loss="huber", huber_delta=1.0)
+    assert huber.loss(outputs, targets).item() == pytest.approx((0.5 + 0 + 2.5) / 3)
+
+
+def test_regression_metrics_on_a_fixed_example():
+    task = build("mmfuse/regression")
+    metrics = task.build_metrics()
+    task.update_metrics(metrics, torch.tensor([[1.0], [2.0], [4.0]]), torch.tensor([[0.0], [2.0], [1.0]]))
+    values = {k: v.item() for k, v in metrics.compute().items()}
+    assert values["mae"] == pytest.approx(4 / 3)
+    assert values["rmse"] == pytest.approx(math.sqrt(10 / 3))
+    assert values["r2"] == pytest.approx(1 - 10 / 2)  # SS_res 10, SS_tot 2 (target mean 1)
+
+
+def test_regression_rejects_bad_targets():
+    task = build("mmfuse/regression", output_dim=2)
+    assert task.encode_target([1, "2.5"]).tolist() == [1.0, 2.5]
+    with pytest.raises(SampleError, match="2 finite number"):
+        task.encode_target([1.0])
+    with pytest.raises(SampleError, match="must be a number"):
+        task.encode_target("tall")
+
+
+# --------------------------------------------------------------------------- multilabel
+
+
+def test_multilabel_learns_vocabulary_from_lists_and_split_strings():
+    task = fitted("mmfuse/multilabel", [["news", "art"], ["sport"], [], None])
+    assert task.labels == ["art", "news", "sport"]
+    assert task.encode_target(["sport", "art"]).tolist() == [1.0, 0.0, 1.0]
+    assert task.encode_target([]).tolist() == [0.0, 0.0, 0.0]
+    with pytest.raises(SampleError, match="unknown label 'food'"):
+        task.encode_target(["food"])
+    split = fitted("mmfuse/multilabel", ["b|a", "c"], separator="|")
+    assert split.labels == ["a", "b", "c"]
+    assert split.encode_target("c|a").tolist() == [1.0, 0.0, 1.0]
+
+
+def test_multilabel_bce_by_hand_with_pos_weight():
+    task = build("mmfuse/multilabel", labels=["a", "b", "c"], pos_weight={"a": 3.0})
+    logits, target = [0.0, 2.0, -1.0], [1.0, 0.0, 1.0]
+    # positive: -log sigmoid(x) = log(1 + e^-x), times pos_weight; negative: log(1 + e^x)
+    expected = (3.0 * math.log(1 + math.exp(0.0)) + math.log(1 + math.exp(2.0)) + math.log(1 + math.exp(1.0))) / 3
+    loss = task.loss(torch.tensor([logits]), torch.tensor([target]))
+    assert loss.item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_multilabel_metrics_and_predictions_on_a_fixed_example():
+    task = build("mmfuse/multilabel", labels=["a", "b", "c"])
+    logits = torch.tensor([[3.0, -3.0, -1.0], [-3.0, 3.0, 1.0]])  # predicts {a}, {b, c}
+    targets = torch.tensor([[1.0, 0.0, 1.0], [0.0, 1.0, 0.0]])
+    metrics = task.build_metrics()
+    task.update_metrics(metrics, logits, targets)
+    values = {k: v.item() for k, v in metrics.compute().items()}
+    # TP 2, FP 1 (c in row 1), FN 1 (c in row 0); per label F1: 1, 1, 0
+    assert values["f1_micro"] == pytest.approx(2 / 3)
+    assert values["f1_macro"] == pytest.approx(2 / 3)
+    # AP: a 1, b 1, c: the negative ranks above the positive -> 1/2
+    assert values["map"] == pytest.approx(2.5 / 3)
+    assert task.predict(logits) == [["a"], ["b", "c"]]
+
+
+# --------------------------------------------------------------------------- distillation
+
+
+def test_distillation_targets_in_every_accepted_form():
+    task = build("mmfuse/distillation", labels=["cat", "dog", "fox"])
+    assert task.encode_target([0.5, 1.0, -2.0]).tolist() == [0.5, 1.0, -2.0, -100.0]
+    assert task.encode_target({"logits": [0, 1, 2], "label": "fox"}).tolist() == [0.0, 1.0, 2.0, 2.0]
+    assert task.encode_target('{"logits": [0, 1, 2], "label": "dog"}').tolist()[-1] == 1.0
+    with pytest.raises(SampleError, match="expected 3 teacher logits"):
+        task.encode_target([1.0, 2.0])
+    with pytest.raises(SampleError, match="unknown label 'cow'"):
+        task.encode_target({"logits": [0, 1, 2], "label": "cow"})
+    with pytest.raises(SampleError, match="list of teacher logits"):
+        task.encode_target(3.5)
+
+
+def test_distillation_fit_reads_class_count_and_checks_hard_labels():
+    task = fitted("mmfuse/distillation", [[0.1, 0.2, 0.3, 0.4], [1, 2, 3, 4]])
+    assert task.num_classes == 4 and task.labels == [0, 1, 2, 3]
+    spec = load_registry().get("task", "mmfuse/distillation")
+    with pytest.raises(ValueError, match="differ in length"):
+        spec.config().fit_targets([[1, 2], [1, 2, 3]])
+    with pytest.raises(ValueError, match="no training target has a 'label'"):
+        spec.config(alpha=0.5).fit_targets([[1, 2], [3, 4]])
+
+
+def test_distillation_kl_by_hand():
+    task = build("mmfuse/distillation", num_classes=3, temperature=2.0)
+    student, teacher = [1.0, 0.0, -1.0], [0.0, 1.0, 0.0]
+    log_s, log_t = log_softmax([x / 2 for x in student]), log_softmax([x / 2 for x in teacher])
+    kl = sum(math.exp(t) * (t - s) for t, s in zip(log_t, log_s))
+    targets = torch.tensor([[*teacher, -100.0]])
+    assert task.loss(torch.tensor([student]), targets).item() == pytest.approx(kl * 4, rel=1e-5)
+
+
+def test_distillation_mixes_hard_labels_only_where_given():
+    task = build("mmfuse/distillation", num_classes=3, temperature=1.0, alpha=0.25)
+    students = [[1.0, 0.0, -1.0], [0.0, 2.0, 0.0]]
+    teachers = [[0.0, 1.0, 0.0], [1.0, 1.0, 1.0]]
+    kl = 0.0
+    for student, teacher in zip(students, teachers):
+        log_s, log_t = log_softmax(student), log_softmax(teacher)
+        kl += sum(math.exp(t) * (t - s) for t, s in zip(log_t, log_s))
+    kl /= 2
+    hard = -log_softmax(students[1])[1]  # only row 1 has a label (class 1)
+    targets = torch.tensor([[*teachers[0], -100.0], [*teachers[1], 1.0]])
+    loss = task.loss(torch.tensor(students), targets)
+    assert loss.item() == pytest.approx(0.25 * kl + 0.75 * hard, rel=1e-5)
+
+
+def test_distillation_metrics_on_a_fixed_example():
+    task = build("mmfuse/distillation", labels=["a", "b", "c"])
+    students = torch.eye(3)[[0, 1, 2, 2]] * 3  # predicts a, b, c, c
+    teachers = torch.eye(3)[[0, 1, 1, 2]]  # teacher says a, b, b, c
+    labels = torch.tensor([[0.0], [-100.0], [2.0], [0.0]])  # a, none, c, a
+    metrics = task.build_metrics()
+    task.update_metrics(metrics, students, torch.cat([teachers, labels], dim=1))
+    values = {k: v.item() for k, v in metrics.compute().items()}
+    assert values["teacher_agreement"] == pytest.approx(3 / 4)
+    assert values["accuracy"] == pytest.approx(2 / 3)
+    assert task.predict(students) == ["a", "b", "c", "c"]
+
+
+def test_regression_metrics_with_two_outputs_are_scalars():
+    task = build("mmfuse/regression", output_dim=2)
+    metrics = task.build_metrics()
+    outputs = torch.tensor([[1.0, 0.0], [2.0, 1.0], [4.0, 2.0]])
+    targets = torch.tensor([[0.0, 0.0], [2.0, 2.0], [1.0, 4.0]])
+    task.update_metrics(metrics, outputs, targets)
+    values = metrics.compute()
+    assert values["mae"].item() == pytest.approx((1 + 0 + 0 + 1 + 3 + 2) / 6)
+    assert values["rmse"].item() == pytest.approx(math.sqrt((1 + 0 + 0 + 1 + 9 + 4) / 6))
+    # R2 per output: 1 - 10/2 and 1 - 5/8, averaged
+    assert values["r2"].item() == pytest.approx(((1 - 10 / 2) + (1 - 5 / 8)) / 2)
+
+
+# --------------------------------------------------------------------------- contrastive
+
+
+def identity_contrastive(dim: int = 2, **params) -> Task:
+    task = build("mmfuse/contrastive", {"img": dim, "txt": dim}, encoders=["img", "txt"], embed_dim=dim, **params)
+    with torch.no_grad():
+        for projection in task.projections.values():
+            projection.weight.copy_(torch.eye(dim))
+    return task
+
+
+def pooled_features(vectors: dict[str, list[list[float]]]) -> dict[str, EncoderOutput]:
+    features = {}
+    for name, rows in vectors.items():
+        pooled = torch.tensor(rows)
+        features[name] = EncoderOutput(pooled.unsqueeze(1), torch.ones(len(rows), 1, dtype=torch.bool), pooled)
+    return features
+
+
+def info_nce_by_hand(left: list[list[float]], right: list[list[float]], scale: float) -> float:
+    """Symmetric InfoNCE over unit-normalised rows, with explicit sums."""
+
+    def unit(v):
+        norm = math.sqrt(sum(x * x for x in v))
+        return [x / norm for x in v]
+
+    left, right = [unit(v) for v in left], [unit(v) for v in right]
+    cos = [[sum(a * b for a, b in zip(l, r)) for r in right] for l in left]
+    n = len(left)
+    forward = sum(-log_softmax([scale * c for c in cos[i]])[i] for i in range(n)) / n
+    backward = sum(-log_softmax([scale * cos[j][i] for j in range(n)])[i] for i in range(n)) / n
+    return (forward + backward) / 2
+
+
+def test_contrastive_loss_by_hand_excludes_incomplete_pairs():
+    task = identity_contrastive(temperature=0.5)
+    img = [[1.0, 0.0], [0.0, 2.0], [1.0, 1.0], [5.0, -3.0]]
+    txt = [[1.0, 0.2], [0.3, 1.0], [-1.0, 1.0], [0.0, 1.0]]
+    present = {"img": torch.tensor([True, True, False, True]), "txt": torch.tensor([True, True, True, True])}
+    outputs = task(torch.zeros(4, FUSED), pooled_features({"img": img, "txt": txt}), present)
+    assert outputs["valid"].tolist() == [True, True, False, True]
+    expected = info_nce_by_hand([img[0], img[1], img[3]], [txt[0], txt[1], txt[3]], scale=2.0)
+    assert task.loss(outputs, None).item() == pytest.approx(expected, rel=1e-5)
+    assert task.needs_target is False
+
+
+def test_contrastive_logit_scale_is_learned_and_clamped():
+    task = identity_contrastive(temperature=0.001, max_logit_scale=50.0)
+    assert task.logit_scale().item() == pytest.approx(50.0)
+    learnable = identity_contrastive()
+    assert learnable.log_logit_scale.requires_grad
+    assert learnable.logit_scale().item() == pytest.approx(1 / 0.07, rel=1e-5)
+    frozen = identity_contrastive(learn_temperature=False)
+    assert not any(p is frozen.log_logit_scale for p in frozen.parameters())
+
+
+def test_contrastive_without_any_complete_pair_is_zero_and_differentiable():
+    task = identity_contrastive()
+    present = {"img": torch.tensor([True, False]), "txt": torch.tensor([False, True])}
+    outputs = task(torch.zeros(2, FUSED), pooled_features({"img": [[1.0, 0], [0, 1]], "txt": [[1.0, 0], [0, 1]]}), present)
+    loss = task.loss(outputs, None)
+    loss.backward()
+    assert loss.item() == 0.0
+    assert all(torch.isfinite(p.grad).all() for p in task.parameters() if p.grad is not None)
+
+
+def test_contrastive_recall_on_a_fixed_example():
+    task = identity_contrastive()
+    img = [[1.0, 0.0], [0.0, 1.0], [1.0, 1.0], [0.0, 1.0]]
+    txt = [[1.0, 0.0], [1.0, 0.1], [0.0, 1.0], [1.0, 1.0]]
+    # the 4th pair is incomplete: were it a candidate, it would outrank partners of rows 2 and 3
+    present = {"img": torch.tensor([True, True, True, True]), "txt": torch.tensor([True, True, True, False])}
+    outputs = task(torch.zeros(4, FUSED), pooled_features({"img": img, "txt": txt}), present)
+    metrics = task.build_metrics()
+    task.update_metrics(metrics, outputs, None)
+    values = {k: v.item() for k, v in metrics.compute().items()}
+    # img->txt: row 0 rank 0, row 1 rank 1, row 2 rank 1; txt->img: 0, 2, 1 -> 2 hits of 6 at k=1
+    assert values["recall@1"] == pytest.approx(2 / 6)
+    assert values["recall@5"] == pytest.approx(1.0)
+    predicted = task.predict(outputs)
+    assert predicted[3]["txt"] is None and len(predicted[3]["img"]) == 2
+
+
+def test_contrastive_names_unknown_encoders():
+    with pytest.raises(ValueError, match=r"encoders \['sound'\] are not in this recipe"):
+        build("mmfuse/contrastive", {"img": 2, "txt": 2}, encoders=["img", "sound"])
+    spec = load_registry().get("task", "mmfuse/contrastive")
+    with pytest.raises(ValueError, match="exactly two different encoders"):
+        spec.config(encoders=["img", "img"])

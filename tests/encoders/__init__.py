@@ -1,0 +1,1 @@
+"""Tests of the built-in text, image, audio and video encoder plugins."""

@@ -1,0 +1,39 @@
+"""One rank of the 2-process gloo DDP test (started by torch.multiprocessing.spawn)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+from mmfuse.engine.trainer import Trainer
+from tests.engine.tiny import SyntheticRows, TinyCollate, tiny_model, tiny_recipe
+
+
+def ddp_recipe(batch_size: int):
+    return tiny_recipe(
+        data={"batch_size": batch_size},
+        fusion={"type": "mmfuse/concat", "projection_dim": 8, "hidden_dims": [16], "output_dim": 8, "dropout": 0.0},
+        trainer={"epochs": 2, "progress": "off", "tensorboard": "off", "device": "cpu", "log_every_steps": 2},
+    )
+
+
+def train(rank: int, world_size: int, port: int, out: str) -> None:
+    os.environ.update(
+        {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": str(rank),
+         "WORLD_SIZE": str(world_size), "LOCAL_RANK": str(rank)}
+    )
+    torch.set_num_threads(1)
+    recipe = ddp_recipe(batch_size=4)
+    model = tiny_model(recipe)
+    trainer = Trainer(
+        model, recipe, SyntheticRows(32), TinyCollate(model), val_dataset=SyntheticRows(9, seed=1), run_dir=Path(out)
+    )
+    result = trainer.fit()
+    assert trainer.context.world_size == world_size and trainer.ddp is not None
+    torch.save(
+        {"weights": model.state_dict(), "metrics": result.metrics, "step": result.global_step},
+        Path(out) / f"rank{rank}.pt",
+    )
+    trainer.context.close()

@@ -129,3 +129,38 @@ TWO_MODALITY_SAMPLES = [
 ]
 
 VECTOR_SAMPLES = [{"feats": [float(i), float(-i), 0.5 * i, 1.0]} for i in range(7)]
+
+
+def text_image_recipe(folder: Path) -> dict[str, Any]:
+    """The real text_hf + image_timm encoders on tiny local models written into ``folder``."""
+    from tests.media_fixtures import save_tiny_bert, save_tiny_timm
+
+    bert = save_tiny_bert(folder / "bert")
+    vit = save_tiny_timm(folder / "vit")
+    return {
+        "name": "text-image",
+        "encoders": {
+            "text": {"type": "text_hf", "model": str(bert), "max_length": 16},
+            "image": {"type": "image_timm", "model": f"local-dir:{vit}", "column": "picture"},
+        },
+        "fusion": {"type": "concat", "projection_dim": 8, "hidden_dims": [16], "output_dim": 8, "dropout": 0.0},
+        "tasks": {"label": {"type": "classification", "labels": ["calm", "alert"]}},
+    }
+
+
+def text_image_samples(folder: Path) -> list[dict[str, Any]]:
+    """Image paths, a PIL image, a numpy array, and samples missing one modality."""
+    import numpy as np
+    from PIL import Image
+
+    from tests.media_fixtures import SAMPLE_TEXTS, write_png
+
+    first = write_png(folder / "first.png")
+    second = write_png(folder / "second.png", size=(40, 20), seed=3)
+    return [
+        {"text": SAMPLE_TEXTS[0], "picture": str(first)},
+        {"text": SAMPLE_TEXTS[2]},
+        {"picture": Image.open(second)},
+        {"text": "hello world", "picture": np.full((20, 30, 3), 200, dtype=np.uint8)},
+        {"text": SAMPLE_TEXTS[1], "picture": None},
+    ]

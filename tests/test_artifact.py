@@ -22,6 +22,8 @@ from mmfuse.recipe import parse_recipe
 from tests.model_folder_plugin import (
     TWO_MODALITY_SAMPLES,
     VECTOR_SAMPLES,
+    text_image_recipe,
+    text_image_samples,
     two_modality_recipe,
     vector_recipe,
     words_registry,
@@ -296,3 +298,17 @@ def test_not_a_model_folder(tmp_path):
         load_model(tmp_path / "nothing")
     with pytest.raises(ModelFolderError, match="no mmfuse.json"):
         load_model(tmp_path)
+
+
+@pytest.mark.slow
+def test_text_and_image_folder_rebuilds_offline_in_a_fresh_process(tmp_path):
+    recipe = parse_recipe(text_image_recipe(tmp_path / "hub"))
+    torch.manual_seed(9)
+    model = build_fused_model(recipe).eval()
+    folder = save(model, tmp_path / "model", recipe)
+    samples = [s for s in text_image_samples(tmp_path) if all(isinstance(v, (str, type(None))) for v in s.values())]
+    shutil.rmtree(tmp_path / "hub")  # the tokenizer and model config must come from the folder
+    saved = yaml.safe_load((folder / "recipe.yaml").read_text())
+    assert saved["encoders"]["text"]["model"] == "assets/text" and saved["encoders"]["text"]["pretrained"] is False
+    child = _in_fresh_process(folder, samples, "text-image")
+    _assert_same(child, Predictor(model, recipe), samples)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,7 +15,7 @@ from mmfuse.export import ExportError, FlatFusedModel, export_model
 from mmfuse.model import build_fused_model
 from mmfuse.predict import Predictor
 from mmfuse.recipe import parse_recipe
-from tests.model_folder_plugin import VECTOR_SAMPLES, vector_recipe
+from tests.model_folder_plugin import VECTOR_SAMPLES, text_image_recipe, text_image_samples, vector_recipe
 
 
 @pytest.fixture
@@ -107,3 +108,34 @@ def test_cli_reports_bad_input(vector_folder, tmp_path, capsys):
     bad.write_text('{"feats": [1, 2, 3, 4]}\nnot json\n')
     assert main(["export", str(vector_folder[0]), "--samples", str(bad)]) == 2
     assert "bad.jsonl line 2: not valid JSON" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("format", ["onnx", "torch-export"])
+def test_text_and_image_export_parity(tmp_path, format):
+    recipe = parse_recipe(text_image_recipe(tmp_path))
+    torch.manual_seed(8)
+    model = build_fused_model(recipe).eval()
+    folder = save(model, tmp_path / "model", recipe)
+    samples = text_image_samples(tmp_path)
+    out = export_model(folder, tmp_path / f"model.{format}", format=format, example=samples)
+    assert json.loads(Path(f"{out}.json").read_text())["parity_max_abs_diff"] <= 1e-4
+    # a batch of another size, with a longer text and other modalities missing
+    predictor = Predictor(model, recipe)
+    batch = predictor.collate([
+        {"text": "a small red bird sings in the green tree at night hello world video sound"},
+        {"picture": samples[0]["picture"]},
+        {"text": "the", "picture": samples[0]["picture"]},
+    ])
+    flat = FlatFusedModel(model, {"text": ["attention_mask", "input_ids"], "image": ["pixels"]}, ["label"])
+    args = flat.flatten_batch(batch)
+    if format == "onnx":
+        import onnxruntime
+
+        session = onnxruntime.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+        (label,) = session.run(["label"], {name: t.numpy() for name, t in zip(flat.input_names, args)})
+        label = torch.from_numpy(label)
+    else:
+        (label,) = torch.export.load(str(out)).module()(*args)
+    assert label.shape == (3, 2)
+    assert (label - _eager(model, batch)["label"]).abs().max() <= 1e-4

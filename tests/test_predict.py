@@ -17,6 +17,8 @@ from mmfuse.recipe import parse_recipe
 from tests.model_folder_plugin import (
     TWO_MODALITY_SAMPLES,
     VECTOR_SAMPLES,
+    text_image_recipe,
+    text_image_samples,
     two_modality_recipe,
     vector_recipe,
     words_registry,
@@ -155,3 +157,25 @@ def test_cuda_device_matches_cpu(vector_model, tmp_path):
     on_gpu = load(folder, device="cuda")
     assert next(on_gpu.module.parameters()).is_cuda
     assert torch.allclose(on_gpu.embed(VECTOR_SAMPLES), Predictor(model, recipe).embed(VECTOR_SAMPLES), atol=1e-4)
+
+
+@pytest.fixture(scope="module")
+def text_image_model(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("text-image")
+    recipe = parse_recipe(text_image_recipe(folder))
+    torch.manual_seed(7)
+    return build_fused_model(recipe).eval(), recipe, text_image_samples(folder), folder
+
+
+def test_real_text_and_image_encoders_with_missing_modalities(text_image_model):
+    model, recipe, samples, folder = text_image_model
+    predictor = Predictor(model, recipe)
+    batch = predictor.collate(samples)
+    assert batch["present"]["text"].tolist() == [True, True, False, True, True]
+    assert batch["present"]["image"].tolist() == [True, False, True, True, False]
+    together = predictor.predict_proba(samples)
+    for sample, row in zip(samples, together, strict=True):
+        alone = predictor.predict_proba([sample])[0]  # padding to the batch's longest text changes nothing
+        assert list(row["label"].values()) == pytest.approx(list(alone["label"].values()), abs=1e-5)
+    reloaded = load(save(model, folder / "saved", recipe))
+    assert torch.allclose(reloaded.embed(samples), predictor.embed(samples), atol=1e-6)

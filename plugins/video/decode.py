@@ -74,7 +74,8 @@ def _pick_frames(decoded: Any, targets: list[float], interval: float) -> list[Im
         time = frame.time if frame.time is not None else index * interval
         while pending and pending[0] <= time:
             target = pending.pop(0)
-            nearer_previous = previous is not None and target - previous[0] < time - target
+            # ties go to the earlier frame, so N targets over N frames pick every frame once
+            nearer_previous = previous is not None and target - previous[0] <= time - target
             picked.append((previous[1] if nearer_previous else frame).to_image())
         if not pending:
             return picked

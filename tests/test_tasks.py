@@ -5,12 +5,17 @@ processes, and several tasks sharing one model."""
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
 
 from mmfuse.contracts import EncoderOutput, SampleError, Task
+from mmfuse.model import build_fused_model
 from mmfuse.plugins import load_registry
+from mmfuse.recipe import parse_recipe
 
 TASKS = sorted(spec.name for spec in load_registry().specs("task") if spec.name.startswith("mmfuse/"))
 FUSED = 4
@@ -316,3 +321,187 @@ def test_contrastive_names_unknown_encoders():
     spec = load_registry().get("task", "mmfuse/contrastive")
     with pytest.raises(ValueError, match="exactly two different encoders"):
         spec.config(encoders=["img", "img"])
+
+
+def contrastive_shards() -> list[tuple[list[list[float]], list[list[float]], list[bool]]]:
+    """Two processes' batches of different sizes; the second row of shard 0 lacks its text."""
+    generator = torch.Generator().manual_seed(3)
+    img, txt = torch.randn(5, 3, generator=generator).tolist(), torch.randn(5, 3, generator=generator).tolist()
+    has_txt = [True, False, True, True, True]
+    return [(img[:3], txt[:3], has_txt[:3]), (img[3:], txt[3:], has_txt[3:])]
+
+
+def seeded_contrastive() -> Task:
+    torch.manual_seed(0)
+    return build("mmfuse/contrastive", {"img": 3, "txt": 3}, encoders=["img", "txt"], embed_dim=4)
+
+
+def contrastive_step(task: Task, img, txt, has_txt, metrics) -> torch.Tensor:
+    present = {"img": torch.ones(len(img), dtype=torch.bool), "txt": torch.tensor(has_txt)}
+    outputs = task(torch.zeros(len(img), FUSED), pooled_features({"img": img, "txt": txt}), present)
+    task.update_metrics(metrics, outputs, None)
+    loss = task.loss(outputs, None)
+    loss.backward()
+    return loss
+
+
+def _contrastive_worker(rank: int, world: int, folder: str) -> None:
+    dist.init_process_group("gloo", init_method=f"file://{folder}/rendezvous", rank=rank, world_size=world)
+    try:
+        task = seeded_contrastive()
+        metrics = task.build_metrics()
+        loss = contrastive_step(task, *contrastive_shards()[rank], metrics)
+        grads = {}
+        for name, parameter in task.named_parameters():
+            dist.all_reduce(parameter.grad)  # what DDP does: average the gradients
+            grads[name] = parameter.grad / world
+        values = {k: v.item() for k, v in metrics.compute().items()}  # synchronised by torchmetrics
+        torch.save({"loss": loss.item(), "grads": grads, "metrics": values}, f"{folder}/rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_contrastive_gathers_negatives_across_processes(tmp_path: Path):
+    """Two gloo processes give the loss, DDP-averaged gradients and recall of one process that
+    holds the concatenated batch."""
+    mp.spawn(_contrastive_worker, args=(2, str(tmp_path)), nprocs=2, join=True)
+    shards = contrastive_shards()
+    single = seeded_contrastive()
+    whole = [sum((list(shard[i]) for shard in shards), []) for i in range(3)]
+    loss = contrastive_step(single, *whole, single.build_metrics())
+    per_shard_metrics = single.build_metrics()
+    for shard in shards:
+        present = {"img": torch.ones(len(shard[0]), dtype=torch.bool), "txt": torch.tensor(shard[2])}
+        outputs = single(torch.zeros(len(shard[0]), FUSED), pooled_features({"img": shard[0], "txt": shard[1]}), present)
+        single.update_metrics(per_shard_metrics, outputs, None)
+    expected_metrics = {k: v.item() for k, v in per_shard_metrics.compute().items()}
+    for rank in range(2):
+        result = torch.load(tmp_path / f"rank{rank}.pt")
+        assert result["loss"] == pytest.approx(loss.item(), rel=1e-5)
+        for name, parameter in single.named_parameters():
+            torch.testing.assert_close(result["grads"][name], parameter.grad, rtol=1e-4, atol=1e-6)
+        assert result["metrics"] == pytest.approx(expected_metrics)
+
+
+# --------------------------------------------------------------------------- every task, any modalities
+
+#: per task: recipe parameters (a function of the encoder names) and four raw target values
+SAMPLES = {
+    "mmfuse/classification": (lambda names: {"labels": ["a", "b"]}, ["a", "b", "a", "b", "b"]),
+    "mmfuse/regression": (lambda names: {}, [0.5, -1.0, 2.0, 0.0, 1.0]),
+    "mmfuse/multilabel": (lambda names: {"labels": ["x", "y"]}, [["x"], [], ["x", "y"], ["y"], ["x"]]),
+    "mmfuse/contrastive": (lambda names: {"encoders": names[:2]}, None),
+    "mmfuse/distillation": (
+        lambda names: {"num_classes": 3, "alpha": 0.5},
+        [[0.0, 1.0, 2.0], {"logits": [1, 0, 0], "label": 2}, [0.5, 0.5, 0.5], {"logits": [0, 0, 3], "label": 0}, [1, 2, 3]],
+    ),
+}
+
+
+@pytest.mark.parametrize("name", TASKS)
+@pytest.mark.parametrize("count", [1, 2, 4])
+def test_task_forward_backward_with_missing_modalities(name, count):
+    assert name in SAMPLES, f"add sample parameters and targets for the new task {name} to SAMPLES"
+    params, raw_targets = SAMPLES[name]
+    names = [f"m{i}" for i in range(count)]
+    encoder_dims = {n: 3 + i for i, n in enumerate(names)}
+    spec = load_registry().get("task", name)
+    if name == "mmfuse/contrastive" and count == 1:
+        with pytest.raises(ValueError, match="exactly two different encoders"):
+            spec.config.model_validate(params(names))
+        return
+    task = spec.build(spec.config.model_validate(params(names)), fused_dim=FUSED, encoder_dims=encoder_dims)
+    generator = torch.Generator().manual_seed(0)
+    features = {}
+    for n, dim in encoder_dims.items():
+        pooled = torch.randn(5, dim, generator=generator, requires_grad=True)
+        features[n] = EncoderOutput(pooled.unsqueeze(1), torch.ones(5, 1, dtype=torch.bool), pooled)
+    # rows 0 and 4 complete, row 1 misses m0, row 2 has only the last encoder, row 3 nothing
+    present = {n: torch.tensor([True, n != "m0", n == names[-1], False, True]) for n in names}
+    fused = torch.randn(5, FUSED, generator=generator, requires_grad=True)
+    outputs = task(fused, features, present)
+    targets = None
+    if raw_targets is not None:
+        targets = task.collate_targets([task.encode_target(value) for value in raw_targets])
+    loss = task.loss(outputs, targets)
+    assert loss.dim() == 0 and torch.isfinite(loss)
+    loss.backward()
+    grads = [p.grad for p in task.parameters()]
+    assert all(g is not None and torch.isfinite(g).all() for g in grads)
+    assert any(g.abs().sum() > 0 for g in grads)
+    metrics = task.build_metrics()
+    task.update_metrics(metrics, outputs, targets)
+    assert all(torch.isfinite(v).all() for v in metrics.compute().values())
+    assert len(task.predict(outputs)) == 5
+
+
+# --------------------------------------------------------------------------- several tasks, one model
+
+
+def multitask_data(size: int = 48):
+    generator = torch.Generator().manual_seed(0)
+    a = torch.randn(size, 3, generator=generator)
+    # b is a noisy view of a, so the two can be aligned
+    b = a[:, :2].flip(1) + 0.3 * torch.randn(size, 2, generator=generator)
+    labels = ["pos" if value > 0 else "neg" for value in (a[:, 0] + b[:, 0]).tolist()]
+    scores = (a[:, 1] - b[:, 1]).tolist()
+    has_b = torch.arange(size) % 5 != 0
+    return a, b, has_b, labels, scores
+
+
+@pytest.mark.parametrize("weighting", ["fixed", "uncertainty"])
+def test_two_tasks_share_one_model_and_report_their_own_metrics(weighting):
+    registry = load_registry()
+    recipe = parse_recipe(
+        {
+            # standardize off: a LayerNorm over 2-3 raw features would erase most of them
+            "encoders": {
+                "a": {"type": "vector", "input_dim": 3, "standardize": False},
+                "b": {"type": "vector", "input_dim": 2, "standardize": False},
+            },
+            "fusion": {"type": "mean", "output_dim": 16},
+            "tasks": {
+                "label": {"type": "classification"},
+                "score": {"type": "regression", "weight": 0.5},
+                "align": {"type": "contrastive", "encoders": ["a", "b"], "embed_dim": 8},
+            },
+            "trainer": {"loss_weighting": weighting},
+        },
+        registry,
+    )
+    a, b, has_b, labels, scores = multitask_data()
+    recipe.tasks["label"].params = recipe.tasks["label"].params.fit_targets(labels)
+    torch.manual_seed(0)
+    model = build_fused_model(recipe, registry)
+    batch = {
+        "inputs": {"a": {"values": a}, "b": {"values": b}},
+        "present": {"a": torch.ones(len(a), dtype=torch.bool), "b": has_b},
+    }
+    raw = {"label": labels, "score": scores}
+    targets = {name: model.tasks[name].collate_targets([model.tasks[name].encode_target(v) for v in raw[name]]) for name in raw}
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    history = []
+    for _ in range(60):
+        total, per_task = model.compute_loss(model(batch), targets)
+        optimizer.zero_grad(set_to_none=True)
+        total.backward()
+        optimizer.step()
+        history.append({name: loss.item() for name, loss in per_task.items()})
+    for name in ("label", "score", "align"):
+        assert history[-1][name] < 0.7 * history[0][name], (name, history[0], history[-1])
+    if weighting == "uncertainty":
+        assert model.loss_weighting.log_vars.abs().sum() > 0
+
+    model.eval()
+    collections = {name: task.build_metrics().clone(prefix=f"{name}/") for name, task in model.tasks.items()}
+    with torch.no_grad():
+        outputs = model(batch)
+    report = {}
+    for name, task in model.tasks.items():
+        task.update_metrics(collections[name], outputs[name], targets.get(name))
+        report.update({key: value.item() for key, value in collections[name].compute().items()})
+    assert {"label/accuracy", "label/f1", "score/mae", "score/r2", "align/recall@1", "align/recall@5"} <= set(report)
+    assert report["label/accuracy"] > 0.7  # chance: 0.5; rows without b cannot all be right
+    assert report["score/r2"] > 0.5  # a constant predictor scores 0
+    assert report["align/recall@5"] > 0.5  # chance: 5 of ~38 complete pairs

@@ -39,15 +39,7 @@ class ClassificationConfig(BaseModel):
 
     @model_validator(mode="after")
     def _check(self) -> "ClassificationConfig":
-        if self.labels is not None:
-            if len(self.labels) < 2:
-                raise ValueError("classification needs at least 2 labels")
-            if len({str(label) for label in self.labels}) != len(self.labels):
-                raise ValueError(f"labels must be unique, got {self.labels}")
-            if self.class_weights:
-                unknown = set(self.class_weights) - {str(label) for label in self.labels}
-                if unknown:
-                    raise ValueError(f"class_weights names unknown labels {sorted(unknown)}")
+        _check_vocabulary("classification", self.labels, 2, "class_weights", self.class_weights)
         return self
 
     def fit_targets(self, values: list[Any]) -> "ClassificationConfig":
@@ -57,6 +49,22 @@ class ClassificationConfig(BaseModel):
         unique = {str(v): v for v in values if v is not None}
         labels = [unique[key] for key in sorted(unique, key=_label_sort_key)]
         return self.model_copy(update={"labels": labels})
+
+
+def _check_vocabulary(
+    task: str, labels: list[Any] | None, minimum: int, weights_field: str, weights: dict[str, float] | None
+) -> None:
+    """A configured label list: long enough, unique, and the per-label weights name its labels."""
+    if labels is None:
+        return
+    if len(labels) < minimum:
+        raise ValueError(f"{task} needs at least {minimum} label{'s' if minimum > 1 else ''}")
+    names = {str(label) for label in labels}
+    if len(names) != len(labels):
+        raise ValueError(f"labels must be unique, got {labels}")
+    unknown = set(weights or {}) - names
+    if unknown:
+        raise ValueError(f"{weights_field} names unknown labels {sorted(unknown)}")
 
 
 def _label_sort_key(text: str) -> tuple[int, Any]:
@@ -92,15 +100,7 @@ class MultilabelConfig(BaseModel):
 
     @model_validator(mode="after")
     def _check(self) -> "MultilabelConfig":
-        if self.labels is not None:
-            if not self.labels:
-                raise ValueError("multilabel needs at least 1 label")
-            if len({str(label) for label in self.labels}) != len(self.labels):
-                raise ValueError(f"labels must be unique, got {self.labels}")
-            if self.pos_weight:
-                unknown = set(self.pos_weight) - {str(label) for label in self.labels}
-                if unknown:
-                    raise ValueError(f"pos_weight names unknown labels {sorted(unknown)}")
+        _check_vocabulary("multilabel", self.labels, 1, "pos_weight", self.pos_weight)
         return self
 
     def fit_targets(self, values: list[Any]) -> "MultilabelConfig":
@@ -166,13 +166,9 @@ class DistillationConfig(BaseModel):
 
     @model_validator(mode="after")
     def _check(self) -> "DistillationConfig":
-        if self.labels is not None:
-            if len({str(label) for label in self.labels}) != len(self.labels):
-                raise ValueError(f"labels must be unique, got {self.labels}")
-            if self.num_classes is not None and self.num_classes != len(self.labels):
-                raise ValueError(f"num_classes ({self.num_classes}) != number of labels ({len(self.labels)})")
-            if len(self.labels) < 2:
-                raise ValueError("distillation needs at least 2 classes")
+        _check_vocabulary("distillation", self.labels, 2, "", None)
+        if self.labels is not None and self.num_classes is not None and self.num_classes != len(self.labels):
+            raise ValueError(f"num_classes ({self.num_classes}) != number of labels ({len(self.labels)})")
         return self
 
     @property

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+from pathlib import Path
 from typing import Any
 
 import timm
@@ -28,24 +29,19 @@ def create_timm_backbone(
     if in_chans is not None:
         kwargs["in_chans"] = in_chans
     if checkpoint is not None:
+        if not Path(checkpoint).is_file():
+            raise FileNotFoundError(f"timm model '{name}': checkpoint file not found: {checkpoint}")
         kwargs["checkpoint_path"] = checkpoint
     try:
         return timm.create_model(name, pretrained=pretrained, num_classes=0, **kwargs)
-    except FileNotFoundError as exc:
-        raise FileNotFoundError(f"timm model '{name}': file not found: {exc}") from exc
-    except (OSError, RuntimeError) as exc:
-        if pretrained and _looks_like_download_failure(exc):
-            raise OSError(
-                f"Cannot fetch the pretrained weights of timm model '{name}' ({exc}). The hub may be "
-                f"unreachable or HF_HUB_OFFLINE set; use pretrained: false, a local 'checkpoint' file, "
-                f"or 'local-dir:/path' to a folder saved with timm.models.save_for_hf."
-            ) from exc
-        raise
-
-
-def _looks_like_download_failure(exc: BaseException) -> bool:
-    text = f"{type(exc).__name__} {exc}".lower()
-    return any(word in text for word in ("offline", "connection", "hub", "download", "resolve", "http"))
+    except OSError as exc:  # hub errors (offline, not found) are OSErrors
+        if not pretrained:
+            raise
+        raise OSError(
+            f"Cannot fetch the pretrained weights of timm model '{name}' ({exc}). The hub may be "
+            f"unreachable or HF_HUB_OFFLINE set; use pretrained: false, a local 'checkpoint' file, "
+            f"or 'local-dir:/path' to a folder saved with timm.models.save_for_hf."
+        ) from exc
 
 
 def _check_model_name(name: str) -> None:

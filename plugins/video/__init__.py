@@ -48,7 +48,9 @@ class VideoNativeConfig(FrameSampling, ImagePreprocessingOverrides):
         ..., description="torchvision video model ('r3d_18', 'r2plus1d_18', 'mc3_18') or a transformers "
         "video model hub name / local folder ('MCG-NJU/videomae-base')"
     )
-    num_frames: int | None = Field(None, gt=0, description="frames per clip; default: the model config's num_frames (transformers), else 16")
+    num_frames: int | None = Field(
+        None, gt=0, description="frames per clip; default: the model config's num_frames (transformers), else 16"
+    )
     pretrained: bool = Field(True, description="load pretrained weights (torchvision: Kinetics-400)")
     checkpoint: str | None = Field(None, description="torchvision models: a local state-dict file to load")
 

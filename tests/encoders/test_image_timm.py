@@ -110,6 +110,14 @@ def test_unknown_model_name_suggests_timm_names():
         build_encoder(NAME, model="resnet5O", pretrained=False)
 
 
+def test_offline_pretrained_weights_and_missing_checkpoint_explain_the_fix(tmp_path):
+    with pytest.raises(OSError, match="HF_HUB_OFFLINE") as caught:
+        build_encoder(NAME, model="test_resnet", pretrained=True)
+    assert caught.value.__cause__ is not None
+    with pytest.raises(FileNotFoundError, match=f"checkpoint file not found: {tmp_path / 'x.pth'}"):
+        build_encoder(NAME, model="test_resnet", pretrained=False, checkpoint=str(tmp_path / "x.pth"))
+
+
 def test_freezing_and_layer_groups(encoder, images):
     batch, _ = encode(encoder, images)
     assert_layer_groups_cover_encoder(encoder, minimum=3)

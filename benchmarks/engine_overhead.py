@@ -1,0 +1,146 @@
+"""Engine overhead: the same fused model, data and optimizer trained by a hand-written PyTorch loop
+and by mmfuse's Trainer, interleaved in one run; prints the median step-time ratio engine/hand.
+
+    .venv/bin/python benchmarks/engine_overhead.py --rounds 6 --steps 60
+
+Goal: <= 1.02 on CPU. A step is timed from one optimizer step's end to the next, so data
+loading, forward, backward, optimizer step and the engine's per-step bookkeeping all count.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from mmfuse.engine.callbacks import Callback
+from mmfuse.engine.trainer import Trainer
+from mmfuse.model import FusedModel, build_fused_model
+from mmfuse.optim import build_optimizer
+from mmfuse.recipe import Recipe, parse_recipe
+
+INPUT_DIM = 64
+
+
+def make_recipe(batch_size: int, steps: int) -> Recipe:
+    encoder = {"type": "mmfuse/vector", "input_dim": INPUT_DIM, "hidden_dim": 256, "output_dim": 128, "num_layers": 3}
+    return parse_recipe(
+        {
+            "encoders": {"left": dict(encoder), "right": dict(encoder)},
+            "fusion": {"type": "mmfuse/concat", "projection_dim": 128, "hidden_dims": [256], "output_dim": 128, "dropout": 0.1},
+            "tasks": {"label": {"type": "mmfuse/classification", "labels": list(range(10))}},
+            "data": {"batch_size": batch_size, "drop_last": True},
+            "optimizer": {"name": "adamw", "lr": 1e-3},
+            "trainer": {"epochs": 1000, "max_steps": steps, "progress": "off", "tensorboard": "off",
+                        "log_every_steps": 50, "checkpoint": {"keep_best": False}},
+        }
+    )
+
+
+class Rows(Dataset):
+    def __init__(self, size: int) -> None:
+        generator = torch.Generator().manual_seed(0)
+        self.left = torch.randn(size, INPUT_DIM, generator=generator)
+        self.right = torch.randn(size, INPUT_DIM, generator=generator)
+        self.labels = torch.randint(0, 10, (size,), generator=generator)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return self.left[index], self.right[index], self.labels[index]
+
+
+def collate(rows: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]) -> dict[str, Any]:
+    left, right, labels = (torch.stack(column) for column in zip(*rows))
+    size = len(rows)
+    return {
+        "inputs": {"left": {"values": left}, "right": {"values": right}},
+        "present": {"left": torch.ones(size, dtype=torch.bool), "right": torch.ones(size, dtype=torch.bool)},
+        "targets": {"label": labels},
+    }
+
+
+def hand_written(model: FusedModel, recipe: Recipe, data: Dataset, steps: int) -> list[float]:
+    """What a user would write: DataLoader, forward, loss, backward, step, zero_grad."""
+    optimizer = build_optimizer(model, recipe)
+    loader = DataLoader(data, batch_size=recipe.data.batch_size, shuffle=True, collate_fn=collate, drop_last=True)
+    model.train()
+    marks = [time.perf_counter()]
+    while len(marks) <= steps:
+        for batch in loader:
+            outputs = model(batch)
+            loss, _ = model.compute_loss(outputs, batch["targets"])
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            marks.append(time.perf_counter())
+            if len(marks) > steps:
+                break
+    return [b - a for a, b in zip(marks, marks[1:])]
+
+
+class StepClock(Callback):
+    def __init__(self) -> None:
+        self.marks: list[float] = []
+
+    def on_train_epoch_start(self, trainer: Trainer) -> None:
+        if not self.marks:
+            self.marks.append(time.perf_counter())
+
+    def on_train_batch_end(self, trainer: Trainer, loss: torch.Tensor) -> None:
+        self.marks.append(time.perf_counter())
+
+
+def engine(model: FusedModel, recipe: Recipe, data: Dataset, steps: int, run_dir: Path) -> list[float]:
+    clock = StepClock()
+    Trainer(model, recipe, data, collate, run_dir=run_dir, callbacks=[clock]).fit()
+    return [b - a for a, b in zip(clock.marks, clock.marks[1:])]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=6)
+    parser.add_argument("--steps", type=int, default=60, help="optimizer steps per round and side")
+    parser.add_argument("--warmup", type=int, default=5, help="steps dropped at the start of each round")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--threads", type=int, default=None)
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    recipe = make_recipe(args.batch_size, args.steps)
+    torch.manual_seed(0)
+    initial = build_fused_model(recipe)
+    data = Rows(args.batch_size * 40)
+    hand_times: list[float] = []
+    engine_times: list[float] = []
+    with tempfile.TemporaryDirectory() as folder:
+        for round_index in range(args.rounds):
+            # alternate which side goes first so drift in machine load hits both equally
+            sides = ["hand", "engine"] if round_index % 2 == 0 else ["engine", "hand"]
+            for side in sides:
+                model = copy.deepcopy(initial)
+                torch.manual_seed(round_index)
+                if side == "hand":
+                    hand_times += hand_written(model, recipe, data, args.steps)[args.warmup :]
+                else:
+                    run_dir = Path(folder) / f"round{round_index}"
+                    engine_times += engine(model, recipe, data, args.steps, run_dir)[args.warmup :]
+            ratio = statistics.median(engine_times) / statistics.median(hand_times)
+            print(f"round {round_index + 1}/{args.rounds}: median ratio so far {ratio:.4f}", flush=True)
+    hand_ms = statistics.median(hand_times) * 1e3
+    engine_ms = statistics.median(engine_times) * 1e3
+    print(f"hand-written: median step {hand_ms:.3f} ms over {len(hand_times)} steps")
+    print(f"engine:       median step {engine_ms:.3f} ms over {len(engine_times)} steps")
+    print(f"median step-time ratio engine/hand-written: {engine_ms / hand_ms:.4f} (goal <= 1.02)")
+
+
+if __name__ == "__main__":
+    main()

@@ -81,14 +81,16 @@ def prepare(recipe: Recipe, registry: Registry | None = None, splits: DataSplits
     # one preprocessor per encoder, shared by every split's dataset and the collate function
     preprocessors = {name: encoder.preprocessor() for name, encoder in model.encoders.items()}
 
-    def dataset(manifest):
-        return None if manifest is None else build_dataset(manifest, recipe, model, preprocessors=preprocessors)
+    def dataset(manifest, training=False):
+        if manifest is None:
+            return None
+        return build_dataset(manifest, recipe, model, preprocessors=preprocessors, training=training)
 
     return PreparedRun(
         recipe=recipe,
         model=model,
         collate=BatchCollator(preprocessors, dict(model.tasks.items())),
-        train=dataset(splits.train),
+        train=dataset(splits.train, training=True),
         val=dataset(splits.val),
         test=dataset(splits.test),
     )

@@ -19,6 +19,7 @@ COMMANDS = {
     "train": "mmfuse.cli.train",
     "eval": "mmfuse.cli.eval",
     "predict": "mmfuse.cli.predict",
+    "demo": "mmfuse.cli.demo",
     "validate": "mmfuse.cli.validate",
     "plugins": "mmfuse.cli.plugins",
     "export": "mmfuse.cli.export",

@@ -62,8 +62,12 @@ class ManifestDataset(Dataset):
         targets: Mapping[str, tuple[str, Task]] | None = None,
         on_bad_sample: Literal["error", "skip"] = "error",
         check_files: bool = True,
+        check_columns: bool = True,
     ) -> None:
-        """``columns``: encoder -> manifest column; ``targets``: task -> (column, task)."""
+        """``columns``: encoder -> manifest column; ``targets``: task -> (column, task).
+
+        ``check_columns``: an input column that no row has is an error (a typo, or an encoder that
+        would never train); off for evaluation / prediction files, which may lack a modality."""
         self.manifest = manifest
         self.columns = dict(columns)
         self.preprocessors = dict(preprocessors)
@@ -72,7 +76,7 @@ class ManifestDataset(Dataset):
         self._skip_reasons: dict[int, str] = {}
         self._targets: list[dict[str, Tensor]] = []
         self._logged = 0
-        self._check_columns()
+        self._check_columns(check_columns)
         problems = self._encode_targets(targets or {})
         problems += self._check_rows(check_files)
         self._handle(problems)
@@ -110,6 +114,8 @@ class ManifestDataset(Dataset):
             value = str(path)
         try:
             return preprocessor(value)
+        except SampleError as exc:  # the preprocessor's own message already says what is wrong
+            raise self._error(row, column, str(exc)) from exc
         except READ_ERRORS as exc:
             what = f"cannot read {preprocessor.modality} file {value}" if preprocessor.reads_files else f"bad {preprocessor.modality} value"
             raise self._error(row, column, f"{what}: {type(exc).__name__}: {exc}") from exc
@@ -124,9 +130,9 @@ class ManifestDataset(Dataset):
 
     # ------------------------------------------------------------------ up-front checks
 
-    def _check_columns(self) -> None:
+    def _check_columns(self, inputs_too: bool) -> None:
         present = self.manifest.columns()
-        wanted = [("encoder", name, column) for name, column in self.columns.items()]
+        wanted = [("encoder", name, column) for name, column in self.columns.items()] if inputs_too else []
         wanted += [("task", name, column) for name, column in self._target_columns.items()]
         for kind, name, column in wanted:
             if column not in present:
@@ -195,9 +201,11 @@ def build_dataset(
     *,
     preprocessors: Mapping[str, Preprocessor] | None = None,
     with_targets: bool = True,
+    training: bool = False,
 ) -> ManifestDataset:
     """The dataset of ``manifest`` for a FusedModel built from ``recipe`` (columns, targets and
-    the ``data`` options come from the recipe; preprocessors from the model's encoders)."""
+    the ``data`` options come from the recipe; preprocessors from the model's encoders).
+    ``training``: every input column must appear in some row."""
     if preprocessors is None:
         preprocessors = {name: encoder.preprocessor() for name, encoder in model.encoders.items()}
     targets = None
@@ -212,4 +220,5 @@ def build_dataset(
         targets=targets,
         on_bad_sample=recipe.data.on_bad_sample,
         check_files=recipe.data.check_files,
+        check_columns=training,
     )

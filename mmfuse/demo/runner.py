@@ -1,0 +1,113 @@
+"""Run the demo: generate the data and models, train the demo recipe fused and one encoder at a
+time, and report validation results side by side."""
+
+from __future__ import annotations
+
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+from mmfuse.demo.dataset import LEVELS, WORDS, write_demo_dataset
+from mmfuse.demo.models import save_image_model, save_text_model
+from mmfuse.recipe import Recipe, load_recipe
+
+__all__ = ["DemoResult", "default_recipe_path", "demo_overrides", "prepare_demo", "run_demo", "format_results"]
+
+TASK = "label"
+
+
+@dataclass
+class DemoResult:
+    name: str  # "text", ..., or "fused"
+    encoders: list[str]
+    metrics: dict[str, float]
+    seconds: float
+    run_dir: Path
+
+
+def default_recipe_path() -> Path:
+    """``recipes/demo.yaml`` of the source tree mmfuse runs from."""
+    return Path(__file__).resolve().parent.parent.parent / "recipes" / "demo.yaml"
+
+
+def prepare_demo(out: Path, train_rows: int, val_rows: int) -> None:
+    """(Re)write ``out/data`` and ``out/models``; runs in ``out/runs`` are kept."""
+    for folder in (out / "data", out / "models"):
+        shutil.rmtree(folder, ignore_errors=True)
+    write_demo_dataset(out / "data", train_rows=train_rows, val_rows=val_rows)
+    save_text_model(out / "models" / "text", WORDS)
+    save_image_model(out / "models" / "image")
+
+
+def demo_overrides(out: Path) -> list[str]:
+    """Point the demo recipe at the generated folder ``out`` (absolute paths)."""
+    out = out.resolve()
+    return [
+        f"data.train={out / 'data' / 'train.jsonl'}",
+        f"data.val={out / 'data' / 'val.jsonl'}",
+        f"encoders.text.model={out / 'models' / 'text'}",
+        f"encoders.image.model=local-dir:{out / 'models' / 'image'}",
+        f"encoders.video.model=local-dir:{out / 'models' / 'image'}",
+        f"output_dir={out / 'runs'}",
+    ]
+
+
+def single_encoder(recipe: Recipe, encoder: str) -> Recipe:
+    """The recipe with only ``encoder`` (an ablation), everything else unchanged."""
+    copy = recipe.model_copy(deep=True)
+    copy.encoders = {encoder: copy.encoders[encoder]}
+    copy.name = f"{recipe.name}-{encoder}-only"
+    return copy
+
+
+def run_demo(
+    out: Path,
+    recipe_path: Path,
+    overrides: Sequence[str] = (),
+    ablations: bool = True,
+    say: Callable[[str], None] = print,
+) -> list[DemoResult]:
+    """Train the fused recipe (and each single-encoder ablation); return their results."""
+    from mmfuse.run import train
+
+    recipe = load_recipe(recipe_path, [*demo_overrides(out), *overrides])
+    plans = [("fused", recipe)]
+    if ablations:
+        plans += [(name, single_encoder(recipe, name)) for name in recipe.encoders]
+    results = []
+    for name, plan in plans:
+        say(f"\n=== training: {name} ({', '.join(plan.encoders)}) ===")
+        started = time.perf_counter()
+        outcome = train(plan, run_dir=out / "runs" / f"demo-{name}")
+        metrics = dict(outcome.fit.metrics)
+        results.append(DemoResult(name, list(plan.encoders), metrics, time.perf_counter() - started, outcome.run_dir))
+    return results
+
+
+def format_results(results: Sequence[DemoResult]) -> str:
+    """A small table of validation accuracy / macro-F1 per run, with the chance level."""
+    rows = [("model", "encoders", "val accuracy", "val macro-F1", "train time")]
+    ordered = [r for r in results if r.name != "fused"] + [r for r in results if r.name == "fused"]
+    for result in ordered:
+        label = "fused (all)" if result.name == "fused" else f"{result.name} only"
+        rows.append(
+            (
+                label,
+                "+".join(result.encoders),
+                f"{result.metrics.get(f'val/{TASK}/accuracy', float('nan')):.3f}",
+                f"{result.metrics.get(f'val/{TASK}/f1', float('nan')):.3f}",
+                f"{result.seconds:.0f}s",
+            )
+        )
+    rows.append(("chance", "-", f"{6 / 16:.3f}", "-", "-"))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows]
+    lines.insert(1, "  ".join("-" * width for width in widths))
+    note = (
+        f"label = alert level ({' / '.join(LEVELS)}) = how many of four cues (red image, high tone, "
+        "the word 'alarm', green square in the video) are present. One modality sees one cue "
+        "(at best ~0.5 accuracy); the fused model sees all four."
+    )
+    return "\n".join(lines) + "\n" + note

@@ -106,9 +106,11 @@ def parametrize_components(
     names: Iterable[str] | None = None,
     *,
     argname: str = "conformance_case",
+    marks: Mapping[str, Any] | None = None,
     **selection: Any,
 ) -> Any:
-    """A ``pytest.mark.parametrize`` over :func:`conformance_cases`, ids ``kind:name``::
+    """A ``pytest.mark.parametrize`` over :func:`conformance_cases`, ids ``kind:name``; ``marks``
+    maps a component name to pytest marks for its case (``pytest.mark.slow``)::
 
         @parametrize_components("encoder", namespace="acme")
         def test_conforms(conformance_case, tmp_path):
@@ -117,5 +119,9 @@ def parametrize_components(
     import pytest
 
     kinds = (kinds,) if isinstance(kinds, str) else tuple(kinds)
-    cases = conformance_cases(kinds, names, **selection)
-    return pytest.mark.parametrize(argname, cases, ids=[case.id for case in cases])
+    marks = dict(marks or {})
+    params = [
+        pytest.param(case, id=case.id, marks=marks.get(case.name, ()))
+        for case in conformance_cases(kinds, names, **selection)
+    ]
+    return pytest.mark.parametrize(argname, params)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -64,10 +65,12 @@ def _run(subject: Subject, folder: Path) -> ConformanceReport:
     size = features["left"].pooled.shape[0]
     runner.run("forward", lambda: _check_forward(fusion, features, _presence(size, ABSENT_ROWS)))
     runner.run("gradients", lambda: _check_gradients(fusion, features, _presence(size, [])))
-    runner.run("uses_every_modality", lambda: _check_uses_every_modality(fusion, features, _presence(size, [])))
-    runner.run("missing_modality", lambda: _check_missing_modality(fusion, features, _presence(size, ABSENT_ROWS)))
-    runner.run("token_mask", lambda: _check_token_mask(fusion, features, _presence(size, ABSENT_ROWS)))
-    runner.run("batch_size_invariance", lambda: _check_batch_invariance(fusion, features, _presence(size, ABSENT_ROWS)))
+    # zero-initialised gates or modulations hide dependencies at init: probe a perturbed copy
+    probe = _perturbed(fusion)
+    runner.run("uses_every_modality", lambda: _check_uses_every_modality(probe, features, _presence(size, [])))
+    runner.run("missing_modality", lambda: _check_missing_modality(probe, features, _presence(size, ABSENT_ROWS)))
+    runner.run("token_mask", lambda: _check_token_mask(probe, features, _presence(size, ABSENT_ROWS)))
+    runner.run("batch_size_invariance", lambda: _check_batch_invariance(probe, features, _presence(size, ABSENT_ROWS)))
     runner.run("determinism", lambda: _check_determinism(fusion, features, _presence(size, ABSENT_ROWS)))
     runner.run("bf16_autocast", lambda: _check_bf16(fusion, features, _presence(size, ABSENT_ROWS)))
     if artifact_available():
@@ -89,6 +92,16 @@ def _build(subject: Subject) -> FusionHead:
     dim = getattr(fusion, "output_dim", None)
     expect(isinstance(dim, int) and dim > 0, f"output_dim must be a positive int, got {dim!r}")
     return fusion
+
+
+def _perturbed(fusion: FusionHead, scale: float = 0.1) -> FusionHead:
+    """A copy whose every parameter has random noise added."""
+    probe = copy.deepcopy(fusion)
+    generator = torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        for param in probe.parameters():
+            param.add_(torch.randn(param.shape, generator=generator).to(param.dtype) * scale)
+    return probe
 
 
 def _replace(out: EncoderOutput, rows: torch.Tensor | None = None, padding_only: bool = False, seed: int = 7) -> EncoderOutput:

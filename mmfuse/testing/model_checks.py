@@ -83,9 +83,9 @@ def check_frozen(
     partial = build_fused_model(fused_recipe(subject, registry, trainable_layers=1), registry)
     encoder = partial.encoders[SUBJECT_SLOT]
     groups = encoder.layer_groups()
-    modules = {id(m) for m in encoder.modules()}
-    foreign = [type(g).__name__ for g in groups if id(g) not in modules]
-    expect(not foreign, f"layer_groups() returns modules that are not part of the encoder: {foreign}")
+    own = {id(p) for p in encoder.parameters()}
+    foreign = [f"{i} ({type(g).__name__})" for i, g in enumerate(groups) if any(id(p) not in own for p in g.parameters())]
+    expect(not foreign, f"layer_groups() holds parameters that are not part of the encoder: groups {foreign}")
     expected = {id(p) for p in groups[-1].parameters()} if groups else set()
     actual = {id(p) for p in encoder.parameters() if p.requires_grad}
     if any(True for _ in encoder.parameters()):

@@ -179,3 +179,32 @@ def test_real_text_and_image_encoders_with_missing_modalities(text_image_model):
         assert list(row["label"].values()) == pytest.approx(list(alone["label"].values()), abs=1e-5)
     reloaded = load(save(model, folder / "saved", recipe))
     assert torch.allclose(reloaded.embed(samples), predictor.embed(samples), atol=1e-6)
+
+
+def test_threads_share_a_predictor_over_a_real_tokenizer(text_image_model):
+    """Threads preprocess in parallel through one shared preprocessor: a real fast tokenizer must
+    give every thread the right tokens (HF tokenizers can fail with 'Already borrowed')."""
+    model, recipe, samples, _ = text_image_model
+    predictor = Predictor(model, recipe)
+    texts = [{"text": f"{'a cat sat on the mat ' * (i % 7 + 1)}"} for i in range(16)]
+    expected = predictor.predict_proba(texts)
+    errors, results = [], []
+
+    def worker():
+        try:
+            for _ in range(10):
+                results.append(predictor.predict_proba(texts))
+        except Exception as exc:  # surfaced by the assertion below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert not errors, errors[:1]
+    assert len(results) == 40
+    assert all(
+        list(got["label"].values()) == pytest.approx(list(want["label"].values()), abs=1e-5)
+        for result in results for got, want in zip(result, expected, strict=True)
+    )

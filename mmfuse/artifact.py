@@ -20,7 +20,6 @@ refused. Older minors and any patch version load.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import platform
@@ -38,6 +37,7 @@ import mmfuse
 from mmfuse.model import FusedModel, build_fused_model
 from mmfuse.recipe import Recipe, RecipeError, parse_recipe
 from mmfuse.registry import ComponentLoadError, Registry, UnknownComponentError
+from mmfuse.weights import WeightsError, fsync_file, load_state_strictly, read_state_dict, write_state_dict
 
 __all__ = [
     "FORMAT_VERSION",
@@ -78,7 +78,7 @@ def save(model: FusedModel, path: str | os.PathLike[str], recipe: Recipe, regist
     staging.chmod(0o755)  # mkdtemp makes it private; a model folder is meant to be shared
     try:
         raw, asset_paths = _recipe_with_assets(model, recipe, staging)
-        weights = _write_weights(model, staging / WEIGHTS_FILE)
+        weights = {"file": WEIGHTS_FILE, **write_state_dict(model, staging / WEIGHTS_FILE)}
         _write_text(staging / RECIPE_FILE, yaml.safe_dump(raw, sort_keys=False))
         _write_json(staging / PREPROCESSING_FILE, _preprocessing(model, recipe))
         _write_json(staging / LABELS_FILE, _labels(recipe))
@@ -156,33 +156,6 @@ def _relative_inside(value: Any, folder: Path) -> str | None:
         return candidate.resolve().relative_to(folder.resolve()).as_posix()
     except ValueError:
         return None
-
-
-def _write_weights(model: FusedModel, file: Path) -> dict[str, Any]:
-    """Save the state dict with safetensors; tensors that are the same tensor (tied weights) are
-    stored once and recorded as aliases."""
-    from safetensors.torch import save_file
-
-    tensors: dict[str, torch.Tensor] = {}
-    aliases: dict[str, str] = {}
-    seen: dict[tuple[Any, ...], str] = {}
-    storages: set[int] = set()
-    for key, tensor in model.state_dict().items():
-        tensor = tensor.detach()
-        identity = (tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tuple(tensor.shape),
-                    tuple(tensor.stride()), tensor.dtype, tensor.device)
-        if tensor.numel() and identity in seen:
-            aliases[key] = seen[identity]
-            continue
-        seen[identity] = key
-        storage = tensor.untyped_storage().data_ptr()
-        # safetensors refuses tensors that share memory; a partial view gets its own copy
-        tensor = tensor.clone() if storage in storages and tensor.numel() else tensor
-        storages.add(storage)
-        tensors[key] = tensor.to("cpu").contiguous()
-    save_file(tensors, str(file), metadata={"format": "pt", "mmfuse_aliases": json.dumps(aliases)})
-    _fsync(file)
-    return {"file": WEIGHTS_FILE, "sha256": _sha256(file), "bytes": file.stat().st_size, "aliases": aliases}
 
 
 def _preprocessing(model: FusedModel, recipe: Recipe) -> dict[str, Any]:
@@ -296,8 +269,12 @@ def load_model(
         model = build_fused_model(recipe, registry)
     except ComponentLoadError as exc:
         raise ModelFolderError(f"{model_dir}: {exc}") from exc
-    state = _read_weights(model_dir, manifest)
-    _load_state(model, state, model_dir / WEIGHTS_FILE)
+    info = manifest.get("weights", {})
+    file = model_dir / info.get("file", WEIGHTS_FILE)
+    try:
+        load_state_strictly(model, read_state_dict(file, info.get("sha256"), info.get("aliases")), file)
+    except WeightsError as exc:
+        raise ModelFolderError(str(exc)) from exc
     return model.to(device).eval(), recipe
 
 
@@ -367,55 +344,6 @@ def _read_recipe(model_dir: Path, manifest: dict[str, Any], registry: Registry) 
         raise ModelFolderError(f"{file}: the saved recipe does not validate with the installed plugins:\n{exc}") from exc
 
 
-def _read_weights(model_dir: Path, manifest: dict[str, Any]) -> dict[str, torch.Tensor]:
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    info = manifest.get("weights", {})
-    file = model_dir / info.get("file", WEIGHTS_FILE)
-    if not file.is_file():
-        raise ModelFolderError(f"{file}: the weights file is missing")
-    expected = info.get("sha256")
-    if expected and _sha256(file) != expected:
-        raise ModelFolderError(
-            f"{file}: the weights file is corrupt or was modified (checksum differs from the one "
-            f"recorded in {MANIFEST_FILE}); copy the model folder again"
-        )
-    try:
-        state = load_file(str(file))
-    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
-        raise ModelFolderError(f"{file}: cannot read the weights ({type(exc).__name__}: {exc})") from exc
-    for alias, original in info.get("aliases", {}).items():
-        if original in state:
-            state[alias] = state[original]
-    return state
-
-
-def _load_state(model: FusedModel, state: dict[str, torch.Tensor], file: Path) -> None:
-    expected = model.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    mismatched = [
-        f"{key}: file {tuple(state[key].shape)} vs model {tuple(expected[key].shape)}"
-        for key in expected
-        if key in state and state[key].shape != expected[key].shape
-    ]
-    if missing or unexpected or mismatched:
-        problems = []
-        if missing:
-            problems.append(f"missing keys ({len(missing)}): {', '.join(missing[:8])}")
-        if unexpected:
-            problems.append(f"unexpected keys ({len(unexpected)}): {', '.join(unexpected[:8])}")
-        if mismatched:
-            problems.append(f"shape mismatches ({len(mismatched)}): {'; '.join(mismatched[:8])}")
-        raise ModelFolderError(
-            f"{file}: the weights do not fit the model rebuilt from recipe.yaml; "
-            + "; ".join(problems)
-            + ". The recipe or a plugin's architecture changed since the folder was saved."
-        )
-    model.load_state_dict(state, strict=True)
-
-
 # --------------------------------------------------------------------------- files
 
 
@@ -436,21 +364,8 @@ def _plain(value: Any) -> Any:
 
 def _write_text(file: Path, text: str) -> None:
     file.write_text(text)
-    _fsync(file)
+    fsync_file(file)
 
 
 def _write_json(file: Path, data: Any) -> None:
     _write_text(file, json.dumps(data, indent=2, sort_keys=False) + "\n")
-
-
-def _fsync(file: Path) -> None:
-    with open(file, "rb+") as handle:
-        os.fsync(handle.fileno())
-
-
-def _sha256(file: Path) -> str:
-    digest = hashlib.sha256()
-    with open(file, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()

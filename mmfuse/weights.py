@@ -1,0 +1,108 @@
+"""A module's state dict as one safetensors file: tied tensors stored once, a SHA-256 to detect
+tampering, and a strict load that lists every missing key, unexpected key and shape mismatch."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+from torch import nn
+
+__all__ = ["WeightsError", "write_state_dict", "read_state_dict", "load_state_strictly", "sha256_of", "fsync_file"]
+
+
+class WeightsError(ValueError):
+    """A weights file that is missing, corrupt, modified, or does not fit the module."""
+
+
+def write_state_dict(module: nn.Module, file: Path) -> dict[str, Any]:
+    """Save ``module.state_dict()`` to ``file``; return ``{sha256, bytes, aliases}``.
+
+    Entries that are the same tensor (tied weights) are stored once; ``aliases`` maps each dropped
+    key to the key that holds its data."""
+    from safetensors.torch import save_file
+
+    tensors: dict[str, torch.Tensor] = {}
+    aliases: dict[str, str] = {}
+    seen: dict[tuple[Any, ...], str] = {}
+    storages: set[int] = set()
+    for key, tensor in module.state_dict().items():
+        tensor = tensor.detach()
+        storage = tensor.untyped_storage().data_ptr()
+        identity = (storage, tensor.storage_offset(), tuple(tensor.shape), tuple(tensor.stride()), tensor.dtype, tensor.device)
+        if tensor.numel() and identity in seen:
+            aliases[key] = seen[identity]
+            continue
+        seen[identity] = key
+        # safetensors refuses tensors that share memory; a partial view gets its own copy
+        tensor = tensor.clone() if storage in storages and tensor.numel() else tensor
+        storages.add(storage)
+        tensors[key] = tensor.to("cpu").contiguous()
+    save_file(tensors, str(file), metadata={"format": "pt", "mmfuse_aliases": json.dumps(aliases)})
+    fsync_file(file)
+    return {"sha256": sha256_of(file), "bytes": file.stat().st_size, "aliases": aliases}
+
+
+def read_state_dict(file: Path, sha256: str | None = None, aliases: Mapping[str, str] | None = None) -> dict[str, torch.Tensor]:
+    """Read a state dict written by :func:`write_state_dict`, checking ``sha256`` when given."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    if not file.is_file():
+        raise WeightsError(f"{file}: the weights file is missing")
+    if sha256 and sha256_of(file) != sha256:
+        raise WeightsError(
+            f"{file}: the weights file is corrupt or was modified (its checksum differs from the one "
+            f"recorded when it was saved); copy the model folder again"
+        )
+    try:
+        state = load_file(str(file))
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        raise WeightsError(f"{file}: cannot read the weights ({type(exc).__name__}: {exc})") from exc
+    for alias, original in (aliases or {}).items():
+        if original in state:
+            state[alias] = state[original]
+    return state
+
+
+def load_state_strictly(module: nn.Module, state: Mapping[str, torch.Tensor], file: Path) -> None:
+    """``module.load_state_dict(state, strict=True)``, with every mismatch listed up front."""
+    expected = module.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    mismatched = [
+        f"{key}: file {tuple(state[key].shape)} vs model {tuple(expected[key].shape)}"
+        for key in expected
+        if key in state and state[key].shape != expected[key].shape
+    ]
+    problems = []
+    if missing:
+        problems.append(f"missing keys ({len(missing)}): {', '.join(missing[:8])}")
+    if unexpected:
+        problems.append(f"unexpected keys ({len(unexpected)}): {', '.join(unexpected[:8])}")
+    if mismatched:
+        problems.append(f"shape mismatches ({len(mismatched)}): {'; '.join(mismatched[:8])}")
+    if problems:
+        raise WeightsError(
+            f"{file}: the weights do not fit the model rebuilt from recipe.yaml; "
+            + "; ".join(problems)
+            + ". The recipe or a plugin's architecture changed since the folder was saved."
+        )
+    module.load_state_dict(dict(state), strict=True)
+
+
+def fsync_file(file: Path) -> None:
+    with open(file, "rb+") as handle:
+        os.fsync(handle.fileno())
+
+
+def sha256_of(file: Path) -> str:
+    digest = hashlib.sha256()
+    with open(file, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

@@ -13,6 +13,7 @@ from mmfuse.contracts import EncoderOutput, FusionHead
 from mmfuse.model import build_fused_model
 from mmfuse.plugins import load_registry
 from mmfuse.recipe import parse_recipe
+from mmfuse.testing import parametrize_components
 
 FUSIONS = sorted(spec.name for spec in load_registry().specs("fusion") if spec.name.startswith("mmfuse/"))
 #: parameters a head cannot default, as a function of the encoder names (sorted)
@@ -294,3 +295,10 @@ def test_heads_build_from_a_recipe(fusion):
     }
     logits = model(batch)["label"]
     assert logits.shape == (BATCH, 2) and torch.isfinite(logits).all()
+
+
+@pytest.mark.slow
+@parametrize_components("fusion", namespace="mmfuse", configs={"mmfuse/film": {"target": "left"}})
+def test_builtin_heads_pass_the_plugin_conformance_kit(conformance_case, tmp_path):
+    """The same checks a third-party fusion head gets from mmfuse.testing."""
+    conformance_case.check(tmp_path)

@@ -16,6 +16,7 @@ from mmfuse.contracts import EncoderOutput, SampleError, Task
 from mmfuse.model import build_fused_model
 from mmfuse.plugins import load_registry
 from mmfuse.recipe import parse_recipe
+from mmfuse.testing import parametrize_components
 
 TASKS = sorted(spec.name for spec in load_registry().specs("task") if spec.name.startswith("mmfuse/"))
 FUSED = 4
@@ -505,3 +506,10 @@ def test_two_tasks_share_one_model_and_report_their_own_metrics(weighting):
     assert report["label/accuracy"] > 0.7  # chance: 0.5; rows without b cannot all be right
     assert report["score/r2"] > 0.5  # a constant predictor scores 0
     assert report["align/recall@5"] > 0.5  # chance: 5 of ~38 complete pairs
+
+
+@pytest.mark.slow
+@parametrize_components("task", namespace="mmfuse", configs={"mmfuse/contrastive": {"encoders": ["left", "right"]}})
+def test_builtin_tasks_pass_the_plugin_conformance_kit(conformance_case, tmp_path):
+    """The same checks a third-party task gets from mmfuse.testing."""
+    conformance_case.check(tmp_path)

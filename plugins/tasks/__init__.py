@@ -103,6 +103,11 @@ class MultilabelConfig(BaseModel):
         _check_vocabulary("multilabel", self.labels, 1, "pos_weight", self.pos_weight)
         return self
 
+    def conformance_targets(self) -> list[Any]:
+        """Sample targets for mmfuse.testing: label lists of several lengths, one empty."""
+        labels = self.labels or ["news", "sport", "art"]
+        return [[labels[0]], list(labels[:2]), [], [labels[-1]]]
+
     def fit_targets(self, values: list[Any]) -> "MultilabelConfig":
         """Learn the label vocabulary: every label of every training row (sorted, stable)."""
         if self.labels is not None:
@@ -174,6 +179,17 @@ class DistillationConfig(BaseModel):
     @property
     def classes(self) -> int | None:
         return len(self.labels) if self.labels is not None else self.num_classes
+
+    def conformance_targets(self) -> list[Any]:
+        """Sample targets for mmfuse.testing: teacher logits, with and without a hard label."""
+        classes = self.classes or 3
+        labels = self.labels or list(range(classes))
+        return [
+            {"logits": [float(i == row % classes) for i in range(classes)], "label": labels[row % classes]}
+            if row % 2
+            else [0.5 * row - i for i in range(classes)]
+            for row in range(4)
+        ]
 
     def fit_targets(self, values: list[Any]) -> "DistillationConfig":
         """Take the number of classes from the teacher logits of the training targets."""

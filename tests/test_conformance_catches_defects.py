@@ -271,7 +271,9 @@ def test_a_config_that_does_not_validate_names_the_component_and_the_fix(defects
     assert "encoder 'test/words' [config]" in str(caught.value) and "Pass config={...}" in str(caught.value)
 
 
-def test_conformance_cases_select_by_namespace_and_reject_unknown_names(defects):
+def test_conformance_cases_select_by_namespace_and_reject_unknown_names(isolated_plugin_manager):
+    isolated_plugin_manager.register(DefectsPlugin(), "defects")
+    defects = isolated_plugin_manager.build_registry()
     cases = conformance_cases(["task"], namespace="test", registry=defects)
     assert [case.id for case in cases] == ["task:test/per_sample_loss", "task:test/score", "task:test/unused_head"]
     with pytest.raises(ConformanceError, match="task 'test/unused_head' failed"):

@@ -50,6 +50,7 @@ def save_image_model(folder: str | Path, image_size: int = 32, model_name: str =
 
     folder = Path(folder)
     torch.manual_seed(seed)
-    model = timm.create_model(model_name, num_classes=0)
+    kwargs = {"img_size": image_size} if "vit" in model_name else {}
+    model = timm.create_model(model_name, num_classes=0, **kwargs)
     save_for_hf(model, str(folder), safe_serialization=True, data_config={"input_size": (3, image_size, image_size)})
     return folder

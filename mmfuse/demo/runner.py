@@ -79,8 +79,10 @@ def run_demo(
     results = []
     for name, plan in plans:
         say(f"\n=== training: {name} ({', '.join(plan.encoders)}) ===")
+        run_dir = out / "runs" / f"demo-{name}"
+        shutil.rmtree(run_dir, ignore_errors=True)  # the demo's own run folders: start each afresh
         started = time.perf_counter()
-        outcome = train(plan, run_dir=out / "runs" / f"demo-{name}")
+        outcome = train(plan, run_dir=run_dir)
         metrics = dict(outcome.fit.metrics)
         results.append(DemoResult(name, list(plan.encoders), metrics, time.perf_counter() - started, outcome.run_dir))
     return results

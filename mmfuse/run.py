@@ -8,6 +8,7 @@ portable model folder of :mod:`mmfuse.artifact`).
 
 from __future__ import annotations
 
+import os
 import re
 import time
 from dataclasses import dataclass, field
@@ -51,8 +52,13 @@ class TrainOutcome:
 
 
 def new_run_dir(recipe: Recipe) -> Path:
-    """A fresh folder ``<output_dir>/<name>-<YYYYmmdd-HHMMSS>`` (output_dir relative to the cwd)."""
+    """A fresh folder ``<output_dir>/<name>-<YYYYmmdd-HHMMSS>`` (output_dir relative to the cwd).
+
+    Under torchrun every process must pick the same folder: the name then ends with torchrun's
+    run id instead of the time."""
     safe = re.sub(r"[^A-Za-z0-9_.-]+", "-", recipe.name).strip("-") or "run"
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        return Path(recipe.output_dir) / f"{safe}-{os.environ.get('TORCHELASTIC_RUN_ID', 'ddp')}"
     base = Path(recipe.output_dir) / f"{safe}-{time.strftime('%Y%m%d-%H%M%S')}"
     candidate, number = base, 1
     while candidate.exists():
@@ -113,8 +119,6 @@ def train(
 
     prepared = prepare(recipe, registry)
     run_dir = Path(run_dir or resume or new_run_dir(recipe))
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / RECIPE_FILE).write_text(yaml.safe_dump(resolved_recipe(recipe), sort_keys=False), encoding="utf-8")
     trainer = Trainer(
         prepared.model,
         recipe,
@@ -125,7 +129,13 @@ def train(
         callbacks=list(callbacks),
         registry=registry,
     )
+    if trainer.is_main:  # under torchrun, one process writes the run folder's files
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / RECIPE_FILE).write_text(yaml.safe_dump(resolved_recipe(recipe), sort_keys=False), encoding="utf-8")
     result = trainer.fit(resume=resume)
     test_metrics = trainer.evaluate(prepared.test, prefix="test") if prepared.test is not None else {}
-    model_dir = save(prepared.model, run_dir / MODEL_DIR, recipe, registry)
+    model_dir = run_dir / MODEL_DIR
+    if trainer.is_main:
+        save(prepared.model, model_dir, recipe, registry)
+    trainer.context.barrier()
     return TrainOutcome(run_dir=run_dir, model_dir=model_dir, fit=result, test_metrics=test_metrics)

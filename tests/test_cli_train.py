@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -160,6 +161,16 @@ def test_predict_marks_skipped_rows_and_keeps_manifest_order(project, trained_ru
     assert [r["line"] for r in records] == [1, 2, 3]
     assert records[0]["label"] in ("animal", "plant") and records[2]["label"] in ("animal", "plant")
     assert "file not found" in records[1]["skipped"] and "line 2, column 'picture'" in records[1]["skipped"]
+
+
+def test_resume_continues_the_run_in_its_folder(project, trained_run, tmp_path, capsys):
+    run_dir = tmp_path / "resumed"
+    shutil.copytree(trained_run, run_dir)
+    assert main(["train", str(project / "recipe.yaml"), "trainer.epochs=2", "--resume", str(run_dir)]) == 0
+    with open(run_dir / "metrics.csv", newline="") as handle:
+        assert [row["epoch"] for row in csv.DictReader(handle)] == ["1", "2"]
+    assert main(["train", str(project / "recipe.yaml"), "--resume", str(tmp_path / "nowhere")]) == 2
+    assert "no checkpoint found" in capsys.readouterr().err
 
 
 def test_bad_recipe_override_exits_2(project, capsys):

@@ -25,7 +25,11 @@ def run(args: argparse.Namespace) -> int:
     from mmfuse.cli.errors import report_errors
 
     with report_errors() as status:
+        from transformers.utils import logging as transformers_logging
+
         from mmfuse.demo.runner import default_recipe_path, format_results, prepare_demo, run_demo
+
+        transformers_logging.disable_progress_bar()  # five trainings: keep the output to the engine's lines
 
         recipe_path = args.recipe or default_recipe_path()
         if not recipe_path.is_file():

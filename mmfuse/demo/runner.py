@@ -70,11 +70,8 @@ def run_demo(
     say: Callable[[str], None] = print,
 ) -> list[DemoResult]:
     """Train the fused recipe (and each single-encoder ablation); return their results."""
-    from transformers.utils import logging as transformers_logging
-
     from mmfuse.run import train
 
-    transformers_logging.disable_progress_bar()  # five trainings: keep the output to the engine's lines
     recipe = load_recipe(recipe_path, [*demo_overrides(out), *overrides])
     plans = [("fused", recipe)]
     if ablations:

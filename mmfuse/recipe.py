@@ -8,6 +8,7 @@ from the registry: ``mmfuse validate`` checks a plugin's parameters too. Imports
 
 from __future__ import annotations
 
+import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -395,6 +396,52 @@ def _validate_slot(
     return None, problems
 
 
+_SLOT_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
+
+#: attribute names of torch.nn.ModuleDict: a sub-module key equal to one of them cannot be added
+#: (``add_module`` raises). Kept here because recipe validation must not import torch; a test
+#: checks that the set covers torch's current names.
+RESERVED_SLOT_NAMES = frozenset(
+    """T_destination add_module apply bfloat16 buffers call_super_init children clear compile cpu
+    cuda double dump_patches eval extra_repr float forward get_buffer get_extra_state get_parameter
+    get_submodule half ipu items keys load_state_dict modules mtia named_buffers named_children
+    named_modules named_parameters parameters pop register_backward_hook register_buffer
+    register_forward_hook register_forward_pre_hook register_full_backward_hook
+    register_full_backward_pre_hook register_load_state_dict_post_hook
+    register_load_state_dict_pre_hook register_module register_parameter
+    register_state_dict_post_hook register_state_dict_pre_hook requires_grad_ set_extra_state
+    set_submodule share_memory state_dict to to_empty train training type update values xpu
+    zero_grad""".split()
+)
+
+
+def _check_slot_name(section: str, name: Any, source: _Source) -> list[Problem]:
+    """Encoder and task names become module keys, metric names and export input names."""
+    path = (section, str(name))
+    line, where = source.locate(path)
+    if not isinstance(name, str) or not _SLOT_NAME.match(name):
+        return [
+            Problem(
+                ".".join(path),
+                f"name {name!r} is not allowed: use letters, digits and '_' and start with a letter "
+                f"(e.g. '{re.sub(r'[^A-Za-z0-9_]', '_', str(name)).lstrip('_0123456789') or 'main'}')",
+                line,
+                where,
+            )
+        ]
+    if name in RESERVED_SLOT_NAMES:
+        return [
+            Problem(
+                ".".join(path),
+                f"name '{name}' is reserved (it is a torch.nn.ModuleDict attribute); rename it, "
+                f"e.g. '{name}_{section[:-1]}'",
+                line,
+                where,
+            )
+        ]
+    return []
+
+
 def parse_recipe(
     raw: Any,
     registry: Registry | None = None,
@@ -437,6 +484,7 @@ def parse_recipe(
         elif isinstance(value, dict):
             slots[section] = {}
             for name, item in value.items():
+                problems += _check_slot_name(section, name, source)
                 slot, found = _validate_slot(item, (section, str(name)), slot_model, kind, registry, source)
                 problems += found
                 slots[section][name] = slot

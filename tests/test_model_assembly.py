@@ -127,7 +127,9 @@ def test_every_optimizer_steps(name):
 
 def test_trainable_layers_unfreezes_only_the_last_groups():
     r, registry = recipe(
-        encoders={"feats": {"type": "vector", "input_dim": 3, "num_layers": 3, "trainable_layers": 1}}
+        encoders={
+            "feats": {"type": "vector", "input_dim": 3, "num_layers": 3, "layer_norm": True, "trainable_layers": 1}
+        }
     )
     model = build_fused_model(r, registry)
     encoder = model.encoders["feats"]

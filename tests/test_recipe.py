@@ -122,3 +122,21 @@ def test_component_validator_errors_carry_the_slot_path(tmp_path):
     problems, _ = problems_of(path)
     assert "at least 2 labels" in problems["tasks.label"].message
     assert problems["tasks.label"].line == 11
+
+
+def test_slot_names_that_cannot_be_module_keys_are_rejected(tmp_path):
+    text = GOOD.replace("  feats:\n", "  values:\n").replace("  label:\n", "  my.label:\n")
+    problems, _ = problems_of(write(tmp_path, text))
+    assert "reserved" in problems["encoders.values"].message
+    assert "values_encoder" in problems["encoders.values"].message
+    assert problems["encoders.values"].line == 3
+    assert "not allowed" in problems["tasks.my.label"].message
+
+
+def test_reserved_slot_names_cover_every_module_dict_attribute():
+    import torch
+
+    from mmfuse.recipe import RESERVED_SLOT_NAMES
+
+    public = {n for n in dir(torch.nn.ModuleDict()) if not n.startswith("_")}
+    assert public <= RESERVED_SLOT_NAMES

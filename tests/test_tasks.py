@@ -301,10 +301,9 @@ def test_two_tasks_share_one_model_and_report_their_own_metrics(weighting):
     registry = load_registry()
     recipe = parse_recipe(
         {
-            # standardize off: a LayerNorm over 2-3 raw features would erase most of them
             "encoders": {
-                "a": {"type": "vector", "input_dim": 3, "standardize": False},
-                "b": {"type": "vector", "input_dim": 2, "standardize": False},
+                "a": {"type": "vector", "input_dim": 3, "layer_norm": False},
+                "b": {"type": "vector", "input_dim": 2, "layer_norm": False},
             },
             "fusion": {"type": "mean", "output_dim": 16},
             "tasks": {

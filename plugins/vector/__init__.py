@@ -18,7 +18,9 @@ class VectorEncoderConfig(BaseModel):
     output_dim: int = Field(64, gt=0)
     num_layers: int = Field(2, ge=1, description="MLP depth")
     dropout: float = Field(0.0, ge=0, lt=1)
-    standardize: bool = Field(True, description="LayerNorm the raw features first")
+    layer_norm: bool = Field(
+        False, description="LayerNorm across the input features (suits embeddings; erases scale of a few raw features)"
+    )
 
 
 @hookimpl

@@ -46,7 +46,7 @@ class VectorEncoder(Encoder):
         super().__init__()
         self.config = config
         self.output_dim = config.output_dim
-        self.norm = nn.LayerNorm(config.input_dim) if config.standardize else nn.Identity()
+        self.norm = nn.LayerNorm(config.input_dim) if config.layer_norm else nn.Identity()
         layers: list[nn.Module] = []
         width = config.input_dim
         for index in range(config.num_layers):
@@ -66,7 +66,8 @@ class VectorEncoder(Encoder):
         return VectorPreprocessor(self.config.input_dim)
 
     def layer_groups(self) -> list[nn.Module]:
-        return [self.norm, *self.layers]
+        groups: list[nn.Module] = [self.norm] if self.config.layer_norm else []
+        return [*groups, *self.layers]
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         # a few Linear layers: recomputation would cost more than the activations it saves

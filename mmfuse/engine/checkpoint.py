@@ -2,11 +2,13 @@
 
 ``<run_dir>/checkpoints/step-00000120/`` holds
 
-- ``model.safetensors``: the model weights (no pickle);
+- ``model.safetensors``: the model weights (no pickle), written by
+  :func:`mmfuse.weights.write_state_dict` exactly as a model folder's are: tied weights stored
+  once, views of a shared buffer (non-contiguous slices) as their own copies;
 - ``state.pt``: optimizer, scheduler, scaler, RNG, callback and data-position state, saved with
   ``torch.save`` as plain containers of tensors / numbers / strings so that it loads with
   ``torch.load(weights_only=True)`` (nothing else is ever used to read it);
-- ``meta.json``: step, epoch, and the monitored metric.
+- ``meta.json``: step, epoch, the weights' SHA-256 and the tied-weight aliases.
 
 Each checkpoint is written into a hidden temporary folder, every file is fsync'ed, then the folder
 is renamed into place and the parent fsync'ed: a crash leaves either the complete new checkpoint or
@@ -25,8 +27,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_model
 from torch import nn
+
+from mmfuse.weights import read_state_dict, write_state_dict
 
 __all__ = [
     "CheckpointError",
@@ -64,11 +67,6 @@ def checkpoint_name(step: int) -> str:
     return f"{_PREFIX}{step:08d}"
 
 
-def _fsync_file(path: Path) -> None:
-    with open(path, "rb") as handle:
-        os.fsync(handle.fileno())
-
-
 def _fsync_dir(path: Path) -> None:
     # directories can be fsync'ed on POSIX only; elsewhere the rename is the best we get
     try:
@@ -93,7 +91,8 @@ def save_checkpoint(
     if temporary.exists():
         shutil.rmtree(temporary)
     temporary.mkdir()
-    save_model(model, str(temporary / WEIGHTS_FILE))
+    written = write_state_dict(model, temporary / WEIGHTS_FILE)  # fsyncs the file
+    meta = {**meta, "weights_sha256": written["sha256"], "aliases": written["aliases"]}
     with open(temporary / STATE_FILE, "wb") as handle:
         torch.save(state, handle)
         handle.flush()
@@ -102,7 +101,6 @@ def save_checkpoint(
         json.dump({**meta, "step": step}, handle, indent=2)
         handle.flush()
         os.fsync(handle.fileno())
-    _fsync_file(temporary / WEIGHTS_FILE)
     _fsync_dir(temporary)
     if final.exists():
         stale = folder / f".stale-{final.name}-{os.getpid()}"
@@ -139,7 +137,7 @@ def read_checkpoint(path: Path) -> Checkpoint:
             raise CheckpointError(f"{path}: missing {name}")
     try:
         meta = json.loads((path / META_FILE).read_text(encoding="utf-8"))
-        weights = load_file(str(path / WEIGHTS_FILE))
+        weights = read_state_dict(path / WEIGHTS_FILE, meta.get("weights_sha256"), meta.get("aliases"))
         state = torch.load(path / STATE_FILE, map_location="cpu", weights_only=True)
     except Exception as exc:  # any decoding error means the same thing: this checkpoint is unusable
         raise CheckpointError(f"{path}: unreadable ({type(exc).__name__}: {exc})") from exc
@@ -171,7 +169,8 @@ def find_resumable(location: Path) -> Checkpoint:
 
 
 def load_model_weights(model: nn.Module, weights: dict[str, torch.Tensor]) -> None:
-    """Copy weights into ``model``; tied parameters saved once by safetensors count as present."""
+    """Copy weights into ``model``; tied parameters stored once (checkpoints written before
+    aliases were recorded) count as present."""
     missing, unexpected = model.load_state_dict(weights, strict=False)
     if unexpected:
         raise CheckpointError(f"checkpoint has weights the model lacks: {sorted(unexpected)[:5]}")

@@ -34,7 +34,7 @@ from mmfuse.engine.config import CheckpointConfig, EarlyStoppingConfig
 if TYPE_CHECKING:
     from mmfuse.engine.trainer import FitResult, Trainer
 
-__all__ = ["Callback", "EarlyStopping", "Checkpointing", "is_improvement", "build_early_stopping"]
+__all__ = ["Callback", "EarlyStopping", "Checkpointing", "is_improvement", "build_early_stopping", "state_keys"]
 
 
 class Callback:
@@ -88,6 +88,12 @@ def _monitored(metrics: dict[str, float], monitor: str, who: str) -> float:
             + ", ".join(sorted(metrics))
         )
     return float(metrics[monitor])
+
+
+def state_keys(callbacks: list[Callback]) -> list[str]:
+    """Each callback's key in a checkpoint, numbered when several callbacks share a key."""
+    keys = [callback.state_key for callback in callbacks]
+    return [key if keys.count(key) == 1 else f"{key}#{keys[:index].count(key)}" for index, key in enumerate(keys)]
 
 
 class EarlyStopping(Callback):

@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from mmfuse.data.config import DataConfig
 
-__all__ = ["ResumableDistributedSampler", "build_loader", "start_epoch", "move_to_device"]
+__all__ = ["ResumableDistributedSampler", "build_loader", "batches_per_epoch", "start_epoch", "move_to_device"]
 
 
 class ResumableDistributedSampler(Sampler[int]):
@@ -132,6 +132,19 @@ def build_loader(
     )
     start_epoch(loader, 0)
     return loader
+
+
+def batches_per_epoch(loader: DataLoader, data: DataConfig) -> int:
+    """Batches one rank trains on per epoch; a ValueError when that is none."""
+    sampler: ResumableDistributedSampler = loader.sampler  # type: ignore[assignment]
+    batch = data.batch_size
+    count = sampler.per_rank // batch if data.drop_last else math.ceil(sampler.per_rank / batch)
+    if count == 0:
+        raise ValueError(
+            f"the training set ({sampler.size} samples over {sampler.world_size} process(es)) "
+            f"is smaller than one batch ({batch}) with data.drop_last=true; lower data.batch_size"
+        )
+    return count
 
 
 def start_epoch(loader: DataLoader, epoch: int, start_batch: int = 0) -> None:

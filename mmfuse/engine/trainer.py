@@ -18,16 +18,18 @@ Interface::
 
 One step: forward under autocast -> weighted task loss -> backward (``no_sync`` on DDP for
 accumulation micro-batches) -> clip -> optimizer step -> lr schedule -> ``zero_grad(set_to_none)``.
+A batch whose rows were all skipped by the data pipeline is stepped over (under DDP it runs a
+zero loss instead, see :mod:`mmfuse.engine.step`); it still counts as a batch of the epoch.
 A non-finite loss never costs a host sync per step: the flag stays on the device and either
 drives the fused optimizer's own skip (``found_inf``, as GradScaler does) or is read back at log
-intervals. Everything optional (logging, early stopping, best checkpoints, progress) is a callback.
+intervals. Everything optional (logging, early stopping, best checkpoints, progress) is a callback;
+evaluation lives in :mod:`mmfuse.engine.evaluation`, loss bookkeeping in :mod:`mmfuse.engine.window`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import math
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -36,15 +38,18 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import Dataset
 
-from mmfuse.engine.callbacks import Callback, Checkpointing, EarlyStopping
+from mmfuse.engine.assembly import autocast_for, build_callbacks
+from mmfuse.engine.callbacks import Callback, Checkpointing, state_keys
 from mmfuse.engine.checkpoint import Checkpoint, checkpoint_name, find_resumable, load_model_weights, save_checkpoint
-from mmfuse.engine.distributed import all_reduce_sum, any_rank_true, init_distributed
-from mmfuse.engine.loading import build_loader, move_to_device, start_epoch
-from mmfuse.engine.loggers import CSVLogger, ProgressLogger, TensorBoardLogger, tensorboard_available
+from mmfuse.engine.distributed import any_rank_true, init_distributed
+from mmfuse.engine.evaluation import EvaluationInterrupted, batches_on_every_rank, evaluate_model
+from mmfuse.engine.loading import batches_per_epoch, build_loader, move_to_device, start_epoch
 from mmfuse.engine.rng import capture_rng_state, make_deterministic, restore_rng_state, seed_everything
 from mmfuse.engine.schedule import LRSchedule
 from mmfuse.engine.signals import StopSignals
 from mmfuse.engine.stages import apply_stage, check_stages, stage_is_due
+from mmfuse.engine.step import LossStep, is_empty_batch
+from mmfuse.engine.window import LossWindow
 from mmfuse.model import FusedModel
 from mmfuse.optim import build_optimizer
 from mmfuse.recipe import Recipe
@@ -57,14 +62,11 @@ class NonFiniteLossError(RuntimeError):
     """The loss became NaN/inf and ``trainer.nonfinite_loss`` is ``stop``."""
 
 
-class _EvaluationInterrupted(Exception):
-    """A stop signal arrived during evaluation."""
-
-
 @dataclass
 class FitResult:
     """How a fit ended. ``stop_reason``: completed, max_steps, early_stopping, signal, or a
-    reason given to ``request_stop`` by a callback."""
+    reason given to ``request_stop`` by a callback. ``metrics``: the last epoch's row updated
+    with the latest evaluation (``val/loss``, ``val/<task>/loss``, ``val/<task>/<metric>``)."""
 
     global_step: int
     epochs_completed: int
@@ -99,9 +101,10 @@ class Trainer:
         self.run_dir = Path(run_dir)
         self.context = init_distributed(self.config.device)
         self.device = self.context.device
-        self.autocast = self._autocast_context()
+        self.autocast = autocast_for(self.config.precision, self.device)
         check_stages(self.config.stages, model)
         self.model = model.to(self.device)
+        self.loss_step = LossStep(self.model)
         self.optimizer = build_optimizer(self.model, recipe)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.config.precision == "fp16")
         # fused optimizers skip a step on the device when told so (found_inf), without a host sync
@@ -110,19 +113,12 @@ class Trainer:
             train_dataset, collate, recipe.data, train=True,
             rank=self.context.rank, world_size=self.context.world_size, seed=recipe.seed,
         )
-        per_rank = self.train_loader.sampler.per_rank  # type: ignore[attr-defined]
-        batch = recipe.data.batch_size
-        self.batches_per_epoch = per_rank // batch if recipe.data.drop_last else math.ceil(per_rank / batch)
-        if self.batches_per_epoch == 0:
-            raise ValueError(
-                f"the training set ({len(train_dataset)} samples over {self.context.world_size} process(es)) "  # type: ignore[arg-type]
-                f"is smaller than one batch ({batch}) with data.drop_last=true; lower data.batch_size"
-            )
+        self.batches_per_epoch = batches_per_epoch(self.train_loader, recipe.data)
         self.steps_per_epoch = math.ceil(self.batches_per_epoch / self.config.grad_accum_steps)
         total = self.steps_per_epoch * self.config.epochs
         self.total_steps = min(total, self.config.max_steps) if self.config.max_steps else total
         self.schedule = LRSchedule(self.optimizer, recipe.scheduler, self.total_steps)
-        self.callbacks = self._build_callbacks(list(callbacks), registry)
+        self.callbacks = build_callbacks(recipe, list(callbacks), registry)
         self.ddp: DistributedDataParallel | None = None
         self.signals = StopSignals()
         # position and bookkeeping: everything here goes into a checkpoint
@@ -139,11 +135,9 @@ class Trainer:
         self._epoch_loss = [0.0, 0]  # host-side sum and count, filled at each log flush
         self._epoch_skipped = 0
         self.nonfinite_steps = 0  # optimizer steps skipped for a non-finite loss, over the whole fit
-        self._window = _Window(self.device)
+        self._window = LossWindow(self.device)
         self._last_saved: tuple[int, int, int] | None = None
         self._last_checkpoint: Path | None = None
-
-    # ------------------------------------------------------------------ set-up helpers
 
     @property
     def is_main(self) -> bool:
@@ -152,39 +146,6 @@ class Trainer:
     @property
     def steps_done_in_epoch(self) -> int:
         return math.ceil(self.batch_in_epoch / self.config.grad_accum_steps)
-
-    def _autocast_context(self) -> Callable[[], Any]:
-        precision, kind = self.config.precision, self.device.type
-        if precision == "fp32":
-            return contextlib.nullcontext
-        if precision == "fp16" and kind != "cuda":
-            raise ValueError(
-                f"trainer.precision=fp16 needs a CUDA device (GradScaler), but training runs on {kind}; "
-                "use precision=bf16 on CPU"
-            )
-        dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-        return lambda: torch.autocast(device_type=kind, dtype=dtype)
-
-    def _build_callbacks(self, extra: list[Callback], registry: Registry | None) -> list[Callback]:
-        if registry is None:
-            from mmfuse.plugins import get_registry
-
-            registry = get_registry()
-        named = [registry.get("callback", slot.type).build(slot.params) for slot in self.recipe.callbacks]
-        chosen = named + extra
-        early = self.config.early_stopping
-        monitor = self.config.checkpoint.monitor or (early.monitor if early else "val/loss")
-        mode = self.config.checkpoint.mode or (early.mode if early else "min")
-        builtins: list[Callback] = [Checkpointing(self.config.checkpoint, monitor, mode)]
-        if early is not None and not any(isinstance(c, EarlyStopping) for c in chosen):
-            builtins.append(EarlyStopping(early))
-        tensorboard = self.config.tensorboard
-        if tensorboard == "on" or (tensorboard == "auto" and tensorboard_available()):
-            if not any(isinstance(c, TensorBoardLogger) for c in chosen):
-                chosen.append(TensorBoardLogger())
-        if self.config.progress != "off":
-            chosen.append(ProgressLogger(self.config.progress))
-        return builtins + chosen + [CSVLogger()]
 
     def _call(self, hook: str, *args: Any) -> None:
         for callback in self.callbacks:
@@ -218,7 +179,9 @@ class Trainer:
                 self._validate()
             while self.epoch < self.config.epochs and not self.should_stop:
                 self._train_epoch()
-        except _EvaluationInterrupted:
+            if self.stop_reason == "max_steps" and self.val_dataset is not None and self.last_eval_step != self.global_step:
+                self._validate()  # max_steps ended the fit mid-epoch: the result still reports its metrics
+        except EvaluationInterrupted:
             self.eval_pending = True
             self.request_stop("signal")
         except BaseException as exc:
@@ -238,32 +201,38 @@ class Trainer:
         start_epoch(self.train_loader, self.epoch, self.batch_in_epoch)
         self._call("on_train_epoch_start")
         self.model.train()
-        forward = self.ddp or self.model
+        forward = self.ddp or self.loss_step
         window = self._window
-        step_bad = None
+        step_bad: torch.Tensor | None = None
+        step_has_data = False
         for batch in self.train_loader:
             self._epoch_skipped += int(batch.pop("skipped", 0))
-            batch = move_to_device(batch, self.device)
             self.batch_in_epoch += 1
-            window.batches += 1
             steps_now = self.batch_in_epoch % accum == 0 or self.batch_in_epoch == self.batches_per_epoch
-            sync = contextlib.nullcontext() if (steps_now or self.ddp is None) else self.ddp.no_sync()
-            with sync:
-                with self.autocast():
-                    outputs = forward(batch)
-                    loss, _ = self.model.compute_loss(outputs, batch.get("targets", {}))
-                self.scaler.scale(loss / accum if accum > 1 else loss).backward()
-            loss = loss.detach().float()
-            bad = torch.logical_not(torch.isfinite(loss)).float()
-            window.loss += torch.nan_to_num(loss, nan=0.0, posinf=0.0, neginf=0.0)
-            window.bad += bad
-            step_bad = bad if step_bad is None else torch.maximum(step_bad, bad)
+            if is_empty_batch(batch) and self.ddp is None:
+                window.add_empty()  # every row was bad: nothing to learn from, nothing to sync
+                loss = torch.zeros((), device=self.device)
+            else:
+                loss = self._forward_backward(forward, move_to_device(batch, self.device), steps_now)
+                if is_empty_batch(batch):
+                    window.add_empty()
+                else:
+                    step_has_data = True
+                    bad = window.add_loss(loss)
+                    step_bad = bad if step_bad is None else torch.maximum(step_bad, bad)
             if not steps_now:
                 continue
 
-            self._optimizer_step(step_bad)
-            window.nonfinite_steps += step_bad
-            step_bad = None
+            step_bad = step_bad if step_bad is not None else torch.zeros((), device=self.device)
+            # one process with no data in the whole step: no gradients, so no update (Adam's
+            # moments and weight decay would still move the weights); under DDP the ranks must agree
+            if step_has_data or self.ddp is not None:
+                self._optimizer_step(step_bad)
+            else:
+                self.optimizer.zero_grad(set_to_none=True)
+            self.schedule.step()
+            window.add_step(step_bad)
+            step_bad, step_has_data = None, False
             self.global_step += 1
             self._call("on_train_batch_end", loss)
             if config.max_steps and self.global_step >= config.max_steps:
@@ -280,8 +249,18 @@ class Trainer:
         if self.batch_in_epoch >= self.batches_per_epoch:
             self._end_epoch()
 
+    def _forward_backward(self, forward: Callable[[dict[str, Any]], torch.Tensor], batch: dict[str, Any], steps_now: bool) -> torch.Tensor:
+        """Loss and gradients of one micro-batch (DDP syncs gradients only on a stepping one)."""
+        accum = self.config.grad_accum_steps
+        sync = contextlib.nullcontext() if (steps_now or self.ddp is None) else self.ddp.no_sync()
+        with sync:
+            with self.autocast():
+                loss = forward(batch)
+            self.scaler.scale(loss / accum if accum > 1 else loss).backward()
+        return loss.detach().float()
+
     def _optimizer_step(self, bad: torch.Tensor) -> None:
-        """Clip, step (skipping a non-finite step on the device where possible), schedule, zero."""
+        """Clip, then step (skipping a non-finite step on the device where possible), then zero."""
         optimizer = self.optimizer
         if self.config.clip_grad_norm is not None:
             self.scaler.unscale_(optimizer)
@@ -296,22 +275,16 @@ class Trainer:
             del optimizer.found_inf  # type: ignore[attr-defined]
         elif not bool(bad):  # optimizers without a fused kernel have no device-side skip: one sync
             optimizer.step()
-        self.schedule.step()
         optimizer.zero_grad(set_to_none=True)
 
     def _flush_window(self, log: bool = True) -> None:
         """Read the device-side counters back: the only host sync of the training loop."""
-        window = self._window
-        if window.batches == 0:
+        summary = self._window.flush()
+        if summary is None:
             return
-        good = window.batches - int(window.bad.item())
-        loss_sum = float(window.loss.item())
-        nonfinite = int(window.nonfinite_steps.item())
-        samples = window.batches * self.recipe.data.batch_size * self.context.world_size
-        elapsed = max(time.perf_counter() - window.started, 1e-9)
-        window.reset()
-        self._epoch_loss[0] += loss_sum
-        self._epoch_loss[1] += good
+        self._epoch_loss[0] += summary.loss_sum
+        self._epoch_loss[1] += summary.good
+        nonfinite = summary.nonfinite_steps
         if nonfinite:
             if self.config.nonfinite_loss == "stop":
                 raise NonFiniteLossError(
@@ -322,12 +295,13 @@ class Trainer:
             self.nonfinite_steps += nonfinite
             self.log(f"skipped {nonfinite} optimizer step(s) with a non-finite loss (up to step {self.global_step})")
         if log:
+            samples = summary.batches * self.recipe.data.batch_size * self.context.world_size
             metrics = {
                 "step": float(self.global_step),
                 "epoch": float(self.epoch),
-                "train/loss": loss_sum / good if good else float("nan"),
+                "train/loss": summary.mean_loss,
                 "lr": self.schedule.current_lr(),
-                "samples_per_sec": samples / elapsed,
+                "samples_per_sec": samples / summary.seconds,
             }
             self._call("on_log", metrics)
 
@@ -379,7 +353,7 @@ class Trainer:
             return
         device_ids = [self.device.index] if self.device.type == "cuda" else None
         self.ddp = DistributedDataParallel(
-            self.model, device_ids=device_ids, find_unused_parameters=self.config.find_unused_parameters
+            self.loss_step, device_ids=device_ids, find_unused_parameters=self.config.find_unused_parameters
         )
 
     # ------------------------------------------------------------------ evaluation
@@ -392,47 +366,17 @@ class Trainer:
         self._call("on_validation_end", self.last_val_metrics)
 
     def evaluate(self, dataset: Dataset, prefix: str = "val") -> dict[str, float]:
-        """Loss and every task's metrics over ``dataset`` (split across ranks, reduced):
-        ``<prefix>/loss`` and ``<prefix>/<task>/<metric>``."""
+        """Loss, each task's loss and each task's metrics over ``dataset`` (split across ranks,
+        reduced): ``<prefix>/loss``, ``<prefix>/<task>/loss``, ``<prefix>/<task>/<metric>``."""
         loader = build_loader(
             dataset, self.collate, self.recipe.data, train=False,
             rank=self.context.rank, world_size=self.context.world_size, seed=self.recipe.seed,
         )
-        # ranks may hold one batch more than others: only poll signals (a collective) in batches all have
-        world = self.context.world_size
-        common_batches = math.ceil(len(range(world - 1, len(dataset), world)) / (loader.batch_size or 1))  # type: ignore[arg-type]
-        model = self.model
-        was_training = model.training
-        model.eval()
-        tasks = dict(model.tasks.items())
-        metrics = {name: task.build_metrics().to(self.device) for name, task in tasks.items()}
-        loss_sum = torch.zeros((), device=self.device, dtype=torch.float64)
-        count = torch.zeros((), device=self.device, dtype=torch.float64)
-        with torch.no_grad():
-            for index, batch in enumerate(loader):
-                if self._signal_during_eval(index, common_batches):
-                    model.train(was_training)
-                    raise _EvaluationInterrupted
-                batch.pop("skipped", None)
-                batch = move_to_device(batch, self.device)
-                targets = batch.get("targets", {})
-                with self.autocast():
-                    outputs = model(batch)
-                    loss, _ = model.compute_loss(outputs, targets)
-                size = _batch_size(batch)
-                loss_sum += loss.detach().double() * size
-                count += size
-                for name, task in tasks.items():
-                    task.update_metrics(metrics[name], outputs[name], targets.get(name))
-        all_reduce_sum(loss_sum, self.context)
-        all_reduce_sum(count, self.context)
-        result = {f"{prefix}/loss": float(loss_sum / count.clamp_min(1))}
-        for name, collection in metrics.items():
-            for key, value in collection.compute().items():
-                if value.numel() == 1:
-                    result[f"{prefix}/{name}/{key}"] = float(value)
-        model.train(was_training)
-        return result
+        common = batches_on_every_rank(len(dataset), self.context.world_size, loader.batch_size or 1)  # type: ignore[arg-type]
+        return evaluate_model(
+            self.model, loader, prefix=prefix, context=self.context, autocast=self.autocast,
+            interrupted=lambda index: self._signal_during_eval(index, common),
+        )
 
     def _signal_during_eval(self, index: int, common_batches: int) -> bool:
         if self.signals.received is None and not self.context.is_distributed:
@@ -461,7 +405,7 @@ class Trainer:
         return path
 
     def _train_state(self) -> dict[str, Any]:
-        keys = [callback.state_key for callback in self.callbacks]
+        keys = state_keys(self.callbacks)
         return {
             "format": 1,
             "position": {"epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch, "global_step": self.global_step},
@@ -470,7 +414,7 @@ class Trainer:
             "schedule": self.schedule.state_dict(),
             "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else {},
             "rng": capture_rng_state(),
-            "callbacks": {_unique(keys, i): cb.state_dict() for i, cb in enumerate(self.callbacks)},
+            "callbacks": {key: callback.state_dict() for key, callback in zip(keys, self.callbacks)},
             "progress": {
                 "epoch_loss_sum": self._epoch_loss[0],
                 "epoch_loss_count": self._epoch_loss[1],
@@ -493,9 +437,8 @@ class Trainer:
         self.schedule.load_state_dict(state["schedule"])
         if state["scaler"] and self.scaler.is_enabled():
             self.scaler.load_state_dict(state["scaler"])
-        keys = [callback.state_key for callback in self.callbacks]
-        for index, callback in enumerate(self.callbacks):
-            saved = state["callbacks"].get(_unique(keys, index))
+        for key, callback in zip(state_keys(self.callbacks), self.callbacks):
+            saved = state["callbacks"].get(key)
             if saved is not None:
                 callback.load_state_dict(saved)
         position, progress = state["position"], state["progress"]
@@ -515,6 +458,7 @@ class Trainer:
     def _result(self, last: Path) -> FitResult:
         checkpointing = next(c for c in self.callbacks if isinstance(c, Checkpointing))
         best = last.parent / checkpointing.best_name if checkpointing.best_name else None
+        metrics = {**(self.history[-1] if self.history else {}), **self.last_val_metrics}
         return FitResult(
             global_step=self.global_step,
             epochs_completed=self.epoch,
@@ -522,41 +466,6 @@ class Trainer:
             last_checkpoint=last,
             best_checkpoint=best,
             best_metric=checkpointing.best_value,
-            metrics=dict(self.history[-1]) if self.history else {},
+            metrics=metrics,
             history=list(self.history),
         )
-
-
-class _Window:
-    """Device-side sums since the last log: read back only when flushed."""
-
-    def __init__(self, device: torch.device) -> None:
-        self.loss = torch.zeros((), device=device)
-        self.bad = torch.zeros((), device=device)  # non-finite micro-batches
-        self.nonfinite_steps = torch.zeros((), device=device)
-        self.batches = 0
-        self.started = time.perf_counter()
-
-    def reset(self) -> None:
-        self.loss.zero_()
-        self.bad.zero_()
-        self.nonfinite_steps.zero_()
-        self.batches = 0
-        self.started = time.perf_counter()
-
-
-def _unique(keys: list[str], index: int) -> str:
-    """State key of the callback at ``index``, numbered when several callbacks share a key."""
-    key = keys[index]
-    return key if keys.count(key) == 1 else f"{key}#{keys[:index].count(key)}"
-
-
-def _batch_size(batch: dict[str, Any]) -> int:
-    for group in ("targets", "present"):
-        for value in batch.get(group, {}).values():
-            if isinstance(value, torch.Tensor) and value.ndim > 0:
-                return int(value.shape[0])
-    for tensors in batch.get("inputs", {}).values():
-        for value in tensors.values():
-            return int(value.shape[0])
-    raise ValueError("cannot tell the batch size: the batch has no targets, presence masks or inputs")

@@ -11,9 +11,9 @@ from mmfuse.engine.trainer import Trainer
 from tests.engine.tiny import SyntheticRows, TinyCollate, tiny_model, tiny_recipe
 
 
-def ddp_recipe(batch_size: int):
+def ddp_recipe(batch_size: int, shuffle: bool = True):
     return tiny_recipe(
-        data={"batch_size": batch_size},
+        data={"batch_size": batch_size, "shuffle": shuffle},
         fusion={"type": "mmfuse/concat", "projection_dim": 8, "hidden_dims": [16], "output_dim": 8, "dropout": 0.0},
         trainer={"epochs": 2, "progress": "off", "tensorboard": "off", "device": "cpu", "log_every_steps": 2},
     )
@@ -34,6 +34,38 @@ def train(rank: int, world_size: int, port: int, out: str) -> None:
     assert trainer.context.world_size == world_size and trainer.ddp is not None
     torch.save(
         {"weights": model.state_dict(), "metrics": result.metrics, "step": result.global_step},
+        Path(out) / f"rank{rank}.pt",
+    )
+    trainer.context.close()
+
+
+class EmptyOnRankOne(TinyCollate):
+    """Rank 1's first batch (rows 1, 3, 5, 7 without shuffling) comes out with every row skipped."""
+
+    def __init__(self, model, rows) -> None:
+        super().__init__(model)
+        self.rows = rows
+
+    def __call__(self, rows):
+        if all(row["x"] in self.rows for row in rows):
+            return {"inputs": {}, "present": {}, "targets": {}, "skipped": len(rows)}
+        return super().__call__(rows)
+
+
+def train_with_an_empty_batch(rank: int, world_size: int, port: int, out: str) -> None:
+    os.environ.update(
+        {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": str(rank),
+         "WORLD_SIZE": str(world_size), "LOCAL_RANK": str(rank)}
+    )
+    torch.set_num_threads(1)
+    recipe = ddp_recipe(batch_size=4, shuffle=False)
+    model = tiny_model(recipe)
+    data = SyntheticRows(32)
+    collate = EmptyOnRankOne(model, [data[i]["x"] for i in (1, 3, 5, 7)])
+    trainer = Trainer(model, recipe, data, collate, val_dataset=SyntheticRows(9, seed=1), run_dir=Path(out))
+    result = trainer.fit()
+    torch.save(
+        {"weights": model.state_dict(), "skipped": [row["train/skipped"] for row in result.history], "step": result.global_step},
         Path(out) / f"rank{rank}.pt",
     )
     trainer.context.close()

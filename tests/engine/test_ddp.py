@@ -10,7 +10,7 @@ import torch
 import torch.multiprocessing as mp
 
 from mmfuse.engine.trainer import Trainer
-from tests.engine.ddp_worker import ddp_recipe, train
+from tests.engine.ddp_worker import ddp_recipe, train, train_with_an_empty_batch
 from tests.engine.tiny import SyntheticRows, TinyCollate, tiny_model
 
 
@@ -40,3 +40,13 @@ def test_two_process_ddp_matches_one_process(tmp_path):
     # only rank 0 wrote the run folder
     assert len((tmp_path / "ddp" / "metrics.csv").read_text().splitlines()) == 3
     assert sorted(p.name for p in (tmp_path / "ddp" / "checkpoints").iterdir())[0].startswith("best")
+
+
+@pytest.mark.slow
+def test_an_empty_batch_on_one_rank_keeps_the_ranks_in_step(tmp_path):
+    mp.spawn(train_with_an_empty_batch, args=(2, free_port(), str(tmp_path)), nprocs=2, join=True)
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
+    assert ranks[0]["step"] == ranks[1]["step"] == 8  # no rank dropped a step (or hung in a collective)
+    assert ranks[0]["skipped"] == [0, 0] and ranks[1]["skipped"] == [4, 4]  # the same order each epoch
+    for name, tensor in ranks[0]["weights"].items():
+        assert torch.equal(tensor, ranks[1]["weights"][name]), name

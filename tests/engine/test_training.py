@@ -168,13 +168,14 @@ def test_evaluate_standalone_reports_loss_and_task_metrics(tmp_path):
     trainer = Trainer(model, recipe, SyntheticRows(8), TinyCollate(model), run_dir=tmp_path)
     data = SyntheticRows(10, seed=4)
     metrics = trainer.evaluate(data, prefix="test")
-    assert set(metrics) == {"test/loss", "test/label/accuracy", "test/label/precision", "test/label/recall", "test/label/f1"}
+    assert set(metrics) == {"test/loss", "test/label/loss", "test/label/accuracy", "test/label/precision", "test/label/recall", "test/label/f1"}
     batch = TinyCollate(model)([data[i] for i in range(10)])
     model.eval()
     with torch.no_grad():
         logits = model(batch)["label"]
     expected = torch.nn.functional.cross_entropy(logits, batch["targets"]["label"]).item()
     assert metrics["test/loss"] == pytest.approx(expected, rel=1e-5)
+    assert metrics["test/label/loss"] == pytest.approx(expected, rel=1e-5)  # the only task, weight 1
     accuracy = (logits.argmax(-1) == batch["targets"]["label"]).float().mean().item()
     assert metrics["test/label/accuracy"] == pytest.approx(accuracy)
 

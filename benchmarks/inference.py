@@ -24,9 +24,6 @@ import time
 from pathlib import Path
 from typing import Callable
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))  # the tiny-model writers live in tests/media_fixtures.py
-
 
 def interleaved_medians(calls: dict[str, Callable[[], object]], repeats: int, warmup: int = 3) -> dict[str, float]:
     """Median milliseconds per call; the calls take turns so load from other processes on a shared
@@ -49,7 +46,9 @@ def build_model_folder(root: Path) -> tuple[Path, list[dict]]:
     from mmfuse.artifact import save
     from mmfuse.model import build_fused_model
     from mmfuse.recipe import parse_recipe
-    from tests.media_fixtures import SAMPLE_TEXTS, save_tiny_bert, save_tiny_timm, write_png
+    from mmfuse.testing.media import write_png
+    from mmfuse.testing.samples import SAMPLE_TEXTS
+    from mmfuse.testing.tiny_models import save_tiny_bert, save_tiny_timm
 
     raw = {
         "encoders": {

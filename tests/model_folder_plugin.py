@@ -1,5 +1,6 @@
 """A test-local text encoder whose rebuild needs a file (a word vocabulary), so it exercises
-``Encoder.export_assets``; plus the recipes the model-folder tests share."""
+``Encoder.export_assets``; plus the recipes the model-folder tests share and a seeded builder for
+them."""
 
 from __future__ import annotations
 
@@ -94,6 +95,16 @@ def write_vocab(folder: Path) -> Path:
     return file
 
 
+def seeded_model(raw_recipe: dict[str, Any], seed: int, registry=None) -> tuple[Any, Any]:
+    """``(FusedModel in eval mode, Recipe)`` built from a raw recipe after ``torch.manual_seed(seed)``."""
+    from mmfuse.model import build_fused_model
+    from mmfuse.recipe import parse_recipe
+
+    recipe = parse_recipe(raw_recipe, registry)
+    torch.manual_seed(seed)
+    return build_fused_model(recipe, registry).eval(), recipe
+
+
 def vector_recipe() -> dict[str, Any]:
     """Vector encoder + concat + classification: built-in components only."""
     return {
@@ -133,7 +144,7 @@ VECTOR_SAMPLES = [{"feats": [float(i), float(-i), 0.5 * i, 1.0]} for i in range(
 
 def text_image_recipe(folder: Path) -> dict[str, Any]:
     """The real text_hf + image_timm encoders on tiny local models written into ``folder``."""
-    from tests.media_fixtures import save_tiny_bert, save_tiny_timm
+    from mmfuse.testing.tiny_models import save_tiny_bert, save_tiny_timm
 
     bert = save_tiny_bert(folder / "bert")
     vit = save_tiny_timm(folder / "vit")
@@ -153,7 +164,8 @@ def text_image_samples(folder: Path) -> list[dict[str, Any]]:
     import numpy as np
     from PIL import Image
 
-    from tests.media_fixtures import SAMPLE_TEXTS, write_png
+    from mmfuse.testing.media import write_png
+    from mmfuse.testing.samples import SAMPLE_TEXTS
 
     first = write_png(folder / "first.png")
     second = write_png(folder / "second.png", size=(40, 20), seed=3)

@@ -26,6 +26,7 @@ from tests.model_folder_plugin import (
     text_image_samples,
     two_modality_recipe,
     vector_recipe,
+    seeded_model,
     words_registry,
     write_vocab,
 )
@@ -35,9 +36,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 @pytest.fixture
 def vector_folder(tmp_path):
-    recipe = parse_recipe(vector_recipe())
-    torch.manual_seed(1)
-    model = build_fused_model(recipe).eval()
+    model, recipe = seeded_model(vector_recipe(), seed=1)
     return save(model, tmp_path / "run" / "model", recipe), model, recipe
 
 
@@ -45,9 +44,7 @@ def vector_folder(tmp_path):
 def words_folder(tmp_path):
     registry = words_registry()
     vocab = write_vocab(tmp_path)
-    recipe = parse_recipe(two_modality_recipe(vocab), registry)
-    torch.manual_seed(2)
-    model = build_fused_model(recipe, registry).eval()
+    model, recipe = seeded_model(two_modality_recipe(vocab), seed=2, registry=registry)
     return save(model, tmp_path / "words-model", recipe, registry=registry), model, recipe, registry
 
 
@@ -302,9 +299,7 @@ def test_not_a_model_folder(tmp_path):
 
 @pytest.mark.slow
 def test_text_and_image_folder_rebuilds_offline_in_a_fresh_process(tmp_path):
-    recipe = parse_recipe(text_image_recipe(tmp_path / "hub"))
-    torch.manual_seed(9)
-    model = build_fused_model(recipe).eval()
+    model, recipe = seeded_model(text_image_recipe(tmp_path / "hub"), seed=9)
     folder = save(model, tmp_path / "model", recipe)
     samples = [s for s in text_image_samples(tmp_path) if all(isinstance(v, (str, type(None))) for v in s.values())]
     shutil.rmtree(tmp_path / "hub")  # the tokenizer and model config must come from the folder

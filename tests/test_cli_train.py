@@ -13,7 +13,8 @@ import pytest
 import yaml
 
 from mmfuse.cli import main
-from tests.media_fixtures import save_tiny_bert, save_tiny_timm, write_corrupt_file, write_png
+from mmfuse.testing.media import write_corrupt_file, write_png
+from mmfuse.testing.tiny_models import save_tiny_bert, save_tiny_timm
 
 WORDS = ["cat", "dog", "bird", "tree"]
 
@@ -43,7 +44,7 @@ def project(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("project")
     write_dataset(root / "data")
     bert = save_tiny_bert(root / "models" / "bert")
-    vit = save_tiny_timm(root / "models" / "vit", "test_vit", img_size=32)
+    vit = save_tiny_timm(root / "models" / "vit", "test_vit", image_size=32)
     recipe = {
         "name": "tiny",
         "data": {"train": "data/train.jsonl", "val": "data/val.jsonl", "batch_size": 8},

@@ -10,25 +10,25 @@ from pathlib import Path
 import pytest
 
 from mmfuse.testing import parametrize_components
-from tests import media_fixtures
+from mmfuse.testing import tiny_models
 
 
 def _tiny_vit(folder: Path) -> str:
-    return f"local-dir:{media_fixtures.save_tiny_timm(folder / 'vit', 'test_vit', img_size=32)}"
+    return f"local-dir:{tiny_models.save_tiny_timm(folder / 'vit', 'test_vit', image_size=32)}"
 
 
 #: configs that swap hub models for tiny local ones (written into the case's scratch folder)
 TINY_CONFIGS = {
     "mmfuse/vector": {"input_dim": 4, "hidden_dim": 8, "output_dim": 8},
-    "mmfuse/text_hf": lambda folder: {"model": str(media_fixtures.save_tiny_bert(folder / "bert")), "max_length": 32},
+    "mmfuse/text_hf": lambda folder: {"model": str(tiny_models.save_tiny_bert(folder / "bert")), "max_length": 32},
     "mmfuse/image_timm": lambda folder: {"model": _tiny_vit(folder)},
     "mmfuse/audio_mel": {"model": "test_resnet", "pretrained": False, "max_seconds": 0.5, "n_mels": 16},
     "mmfuse/audio_speech": lambda folder: {
-        "model": str(media_fixtures.save_tiny_wav2vec2(folder / "wav2vec2")), "max_seconds": 0.5,
+        "model": str(tiny_models.save_tiny_wav2vec2(folder / "wav2vec2")), "max_seconds": 0.5,
     },
     "mmfuse/video_frames": lambda folder: {"model": _tiny_vit(folder), "num_frames": 4},
     "mmfuse/video_native": lambda folder: {
-        "model": str(media_fixtures.save_tiny_videomae(folder / "videomae", num_frames=4)), "num_frames": 4,
+        "model": str(tiny_models.save_tiny_videomae(folder / "videomae", num_frames=4)), "num_frames": 4,
     },
     "mmfuse/film": {"target": "left"},
     "mmfuse/transformer": {"d_model": 16, "num_layers": 1, "num_heads": 2},

@@ -19,7 +19,7 @@ from mmfuse.data.manifest import read_manifest
 from mmfuse.plugins import get_registry
 from mmfuse_plugins.tasks import ClassificationConfig
 from mmfuse_plugins.vector.encoder import VectorPreprocessor
-from tests.media_fixtures import write_corrupt_file, write_png
+from mmfuse.testing.media import write_corrupt_file, write_png
 
 
 class MeanColour(Preprocessor):

@@ -12,17 +12,13 @@ import torch
 from mmfuse.artifact import save
 from mmfuse.cli import main
 from mmfuse.export import ExportError, FlatFusedModel, export_model
-from mmfuse.model import build_fused_model
 from mmfuse.predict import Predictor
-from mmfuse.recipe import parse_recipe
-from tests.model_folder_plugin import VECTOR_SAMPLES, text_image_recipe, text_image_samples, vector_recipe
+from tests.model_folder_plugin import VECTOR_SAMPLES, seeded_model, text_image_recipe, text_image_samples, vector_recipe
 
 
 @pytest.fixture
 def vector_folder(tmp_path):
-    recipe = parse_recipe(vector_recipe())
-    torch.manual_seed(5)
-    model = build_fused_model(recipe).eval()
+    model, recipe = seeded_model(vector_recipe(), seed=5)
     return save(model, tmp_path / "run" / "model", recipe), model, recipe
 
 
@@ -113,9 +109,7 @@ def test_cli_reports_bad_input(vector_folder, tmp_path, capsys):
 @pytest.mark.slow
 @pytest.mark.parametrize("format", ["onnx", "torch-export"])
 def test_text_and_image_export_parity(tmp_path, format):
-    recipe = parse_recipe(text_image_recipe(tmp_path))
-    torch.manual_seed(8)
-    model = build_fused_model(recipe).eval()
+    model, recipe = seeded_model(text_image_recipe(tmp_path), seed=8)
     folder = save(model, tmp_path / "model", recipe)
     samples = text_image_samples(tmp_path)
     out = export_model(folder, tmp_path / f"model.{format}", format=format, example=samples)

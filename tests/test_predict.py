@@ -11,9 +11,8 @@ import torch
 import mmfuse
 from mmfuse.artifact import save
 from mmfuse.contracts import SampleError
-from mmfuse.model import FusedModel, build_fused_model
+from mmfuse.model import FusedModel
 from mmfuse.predict import Predictor, load
-from mmfuse.recipe import parse_recipe
 from tests.model_folder_plugin import (
     TWO_MODALITY_SAMPLES,
     VECTOR_SAMPLES,
@@ -21,6 +20,7 @@ from tests.model_folder_plugin import (
     text_image_samples,
     two_modality_recipe,
     vector_recipe,
+    seeded_model,
     words_registry,
     write_vocab,
 )
@@ -28,17 +28,12 @@ from tests.model_folder_plugin import (
 
 @pytest.fixture
 def vector_model():
-    recipe = parse_recipe(vector_recipe())
-    torch.manual_seed(3)
-    return build_fused_model(recipe).eval(), recipe
+    return seeded_model(vector_recipe(), seed=3)
 
 
 @pytest.fixture
 def words_model(tmp_path):
-    registry = words_registry()
-    recipe = parse_recipe(two_modality_recipe(write_vocab(tmp_path)), registry)
-    torch.manual_seed(4)
-    return build_fused_model(recipe, registry).eval(), recipe
+    return seeded_model(two_modality_recipe(write_vocab(tmp_path)), seed=4, registry=words_registry())
 
 
 def test_outputs_match_the_module_on_a_hand_made_batch(vector_model):
@@ -91,24 +86,31 @@ def test_internal_batching_does_not_change_results(words_model):
     assert torch.allclose(pieces.embed(samples), whole.embed(samples), atol=1e-6)
 
 
-def test_shared_by_threads(words_model):
-    model, recipe = words_model
-    predictor = Predictor(model, recipe, batch_size=2)
-    expected = predictor.predict_proba(TWO_MODALITY_SAMPLES)
+def _call_from_threads(call, threads: int, repeats: int, timeout: float) -> tuple[list, list[Exception]]:
+    """Run ``call`` ``repeats`` times in each of ``threads`` threads at once; return every result
+    and every exception raised."""
     results, errors = [], []
 
     def worker():
         try:
-            for _ in range(15):
-                results.append(predictor.predict_proba(TWO_MODALITY_SAMPLES))
-        except Exception as exc:  # surfaced by the assertion below
+            for _ in range(repeats):
+                results.append(call())
+        except Exception as exc:  # returned to the test, which asserts there are none
             errors.append(exc)
 
-    threads = [threading.Thread(target=worker) for _ in range(4)]
-    for thread in threads:
+    workers = [threading.Thread(target=worker) for _ in range(threads)]
+    for thread in workers:
         thread.start()
-    for thread in threads:
-        thread.join(timeout=60)
+    for thread in workers:
+        thread.join(timeout=timeout)
+    return results, errors
+
+
+def test_shared_by_threads(words_model):
+    model, recipe = words_model
+    predictor = Predictor(model, recipe, batch_size=2)
+    expected = predictor.predict_proba(TWO_MODALITY_SAMPLES)
+    results, errors = _call_from_threads(lambda: predictor.predict_proba(TWO_MODALITY_SAMPLES), 4, 15, timeout=60)
     assert not errors
     assert len(results) == 60
     for result in results:
@@ -162,9 +164,8 @@ def test_cuda_device_matches_cpu(vector_model, tmp_path):
 @pytest.fixture(scope="module")
 def text_image_model(tmp_path_factory):
     folder = tmp_path_factory.mktemp("text-image")
-    recipe = parse_recipe(text_image_recipe(folder))
-    torch.manual_seed(7)
-    return build_fused_model(recipe).eval(), recipe, text_image_samples(folder), folder
+    model, recipe = seeded_model(text_image_recipe(folder), seed=7)
+    return model, recipe, text_image_samples(folder), folder
 
 
 def test_real_text_and_image_encoders_with_missing_modalities(text_image_model):
@@ -188,20 +189,7 @@ def test_threads_share_a_predictor_over_a_real_tokenizer(text_image_model):
     predictor = Predictor(model, recipe)
     texts = [{"text": f"{'a cat sat on the mat ' * (i % 7 + 1)}"} for i in range(16)]
     expected = predictor.predict_proba(texts)
-    errors, results = [], []
-
-    def worker():
-        try:
-            for _ in range(10):
-                results.append(predictor.predict_proba(texts))
-        except Exception as exc:  # surfaced by the assertion below
-            errors.append(exc)
-
-    threads = [threading.Thread(target=worker) for _ in range(4)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=120)
+    results, errors = _call_from_threads(lambda: predictor.predict_proba(texts), 4, 10, timeout=120)
     assert not errors, errors[:1]
     assert len(results) == 40
     assert all(

@@ -1,5 +1,5 @@
-"""Write the demo dataset: media files and JSONL manifests. Needs numpy, Pillow, soundfile and
-PyAV; no torch."""
+"""Write the demo dataset: media files (encoded by :mod:`mmfuse.testing.media`) and JSONL
+manifests. Needs numpy, Pillow, soundfile and PyAV; no torch."""
 
 from __future__ import annotations
 
@@ -9,6 +9,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from mmfuse.testing.media import write_audio, write_image, write_video
 
 __all__ = ["CUES", "LEVELS", "WORDS", "DemoData", "alert_level", "write_demo_dataset"]
 
@@ -70,9 +72,9 @@ def write_demo_dataset(folder: str | Path, train_rows: int = 256, val_rows: int 
 
 def _write_sample(folder: Path, index: int, cues: dict[str, bool], rng: random.Random, noise) -> dict:
     name = f"{index:04d}"
-    image = _save(folder / "image" / f"{name}.png", lambda p: _write_image(p, cues["image"], noise))
-    audio = _save(folder / "audio" / f"{name}.wav", lambda p: _write_audio(p, cues["audio"], noise))
-    video = _save(folder / "video" / f"{name}.mp4", lambda p: _write_video(p, cues["video"], rng))
+    image = write_image(folder / "image" / f"{name}.png", _image_pixels(cues["image"], noise))
+    audio = write_audio(folder / "audio" / f"{name}.wav", _audio_wave(cues["audio"], noise), SAMPLE_RATE)
+    video = write_video(folder / "video" / f"{name}.mp4", _video_frames(cues["video"], rng), fps=VIDEO_FRAMES)
     word = "alarm" if cues["text"] else "calm"
     text = f"{rng.choice(_SUBJECTS)} {rng.choice(_VERBS)} {word} {rng.choice(_PLACES)}"
     return {
@@ -84,58 +86,40 @@ def _write_sample(folder: Path, index: int, cues: dict[str, bool], rng: random.R
     }
 
 
-def _save(path: Path, write) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write(path)
-    return path
-
-
-def _write_image(path: Path, alert: bool, noise) -> None:
+def _image_pixels(alert: bool, noise) -> np.ndarray:
     """A red (alert) or blue disc-ish blob on a noisy grey background, at a random place."""
-    from PIL import Image
-
     pixels = noise.integers(90, 150, size=(IMAGE_SIZE, IMAGE_SIZE, 3)).astype(np.int16)
     colour = np.array([220, 40, 40] if alert else [40, 60, 220])
     y, x = noise.integers(8, IMAGE_SIZE - 8, size=2)
     yy, xx = np.ogrid[:IMAGE_SIZE, :IMAGE_SIZE]
     blob = (yy - y) ** 2 + (xx - x) ** 2 <= int(noise.integers(25, 50))
     pixels[blob] = colour + noise.integers(-20, 21, size=(int(blob.sum()), 3))
-    Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(path)
+    return np.clip(pixels, 0, 255).astype(np.uint8)
 
 
-def _write_audio(path: Path, alert: bool, noise) -> None:
+def _audio_wave(alert: bool, noise) -> np.ndarray:
     """A high (alert) or low tone with a little noise and a random pitch jitter."""
-    import soundfile
-
     time = np.arange(int(SAMPLE_RATE * AUDIO_SECONDS)) / SAMPLE_RATE
     frequency = TONES_HZ[int(alert)] * float(noise.uniform(0.9, 1.1))
     wave = 0.4 * np.sin(2 * np.pi * frequency * time + float(noise.uniform(0, 6.28)))
-    wave += 0.05 * noise.standard_normal(time.shape)
-    soundfile.write(str(path), wave.astype(np.float32), SAMPLE_RATE)
+    return wave + 0.05 * noise.standard_normal(time.shape)
 
 
-def _write_video(path: Path, alert: bool, rng: random.Random) -> None:
-    """A green (alert) or grey square crossing a dark frame in a random direction (H.264)."""
-    import av
-
+def _video_frames(alert: bool, rng: random.Random) -> list[np.ndarray]:
+    """A green (alert) or grey square crossing a dark frame in a random direction."""
     colour = np.array([40, 210, 60] if alert else [128, 128, 128], dtype=np.uint8)
     side = 10
     x, y = rng.randint(0, VIDEO_SIZE - side), rng.randint(0, VIDEO_SIZE - side)
     dx, dy = rng.choice([-3, -2, 2, 3]), rng.choice([-3, -2, 2, 3])
-    with av.open(str(path), mode="w") as container:
-        stream = container.add_stream("libx264", rate=VIDEO_FRAMES)
-        stream.width = stream.height = VIDEO_SIZE
-        stream.pix_fmt = "yuv420p"
-        for _ in range(VIDEO_FRAMES):
-            frame = np.full((VIDEO_SIZE, VIDEO_SIZE, 3), 20, dtype=np.uint8)
-            frame[y : y + side, x : x + side] = colour
-            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
-                container.mux(packet)
-            x, y = _bounce(x, dx, side), _bounce(y, dy, side)
-            dx = dx if 0 < x < VIDEO_SIZE - side else -dx
-            dy = dy if 0 < y < VIDEO_SIZE - side else -dy
-        for packet in stream.encode():
-            container.mux(packet)
+    frames = []
+    for _ in range(VIDEO_FRAMES):
+        frame = np.full((VIDEO_SIZE, VIDEO_SIZE, 3), 20, dtype=np.uint8)
+        frame[y : y + side, x : x + side] = colour
+        frames.append(frame)
+        x, y = _bounce(x, dx, side), _bounce(y, dy, side)
+        dx = dx if 0 < x < VIDEO_SIZE - side else -dx
+        dy = dy if 0 < y < VIDEO_SIZE - side else -dy
+    return frames
 
 
 def _bounce(position: int, step: int, side: int) -> int:

@@ -4,14 +4,15 @@ time, and report validation results side by side."""
 from __future__ import annotations
 
 import shutil
+import string
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
 from mmfuse.demo.dataset import LEVELS, WORDS, write_demo_dataset
-from mmfuse.demo.models import save_image_model, save_text_model
 from mmfuse.recipe import Recipe, load_recipe
+from mmfuse.testing.tiny_models import save_tiny_bert, save_tiny_timm
 
 __all__ = ["DemoResult", "default_recipe_path", "demo_overrides", "prepare_demo", "run_demo", "format_results"]
 
@@ -37,8 +38,9 @@ def prepare_demo(out: Path, train_rows: int, val_rows: int) -> None:
     for folder in (out / "data", out / "models"):
         shutil.rmtree(folder, ignore_errors=True)
     write_demo_dataset(out / "data", train_rows=train_rows, val_rows=val_rows)
-    save_text_model(out / "models" / "text", WORDS)
-    save_image_model(out / "models" / "image")
+    # letters only: the demo texts are lowercase words, so digits would only grow the vocabulary
+    save_tiny_bert(out / "models" / "text", WORDS, characters=string.ascii_lowercase, num_layers=1, max_length=32)
+    save_tiny_timm(out / "models" / "image", "test_resnet")
 
 
 def demo_overrides(out: Path) -> list[str]:

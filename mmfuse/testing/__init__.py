@@ -4,7 +4,9 @@
 every built-in component passes and raise :class:`ConformanceError` listing each failed check with
 the component and check name. :func:`parametrize_components` turns a set of registered components
 into a parametrized pytest suite. The pytest plugin (:mod:`mmfuse.testing.pytest_plugin`, loaded
-automatically through the ``pytest11`` entry point) adds fixtures.
+automatically through the ``pytest11`` entry point) adds fixtures. :mod:`mmfuse.testing.media`
+writes small real media files and :mod:`mmfuse.testing.tiny_models` saves tiny random-weight
+models that load like hub names.
 
 Importing this package is cheap (no torch): the suites are imported on first use.
 """
@@ -26,6 +28,15 @@ __all__ = [
     "parametrize_components",
     "sample_values",
     "SAMPLE_TEXTS",
+    "write_png",
+    "write_wav",
+    "write_mp4",
+    "write_corrupt_file",
+    "save_tiny_bert",
+    "save_tiny_timm",
+    "save_tiny_timm_checkpoint",
+    "save_tiny_wav2vec2",
+    "save_tiny_videomae",
 ]
 
 _LAZY = {
@@ -41,6 +52,17 @@ _LAZY = {
     "ConformanceReport": "mmfuse.testing.report",
     "sample_values": "mmfuse.testing.samples",
     "SAMPLE_TEXTS": "mmfuse.testing.samples",
+    **{name: "mmfuse.testing.media" for name in ("write_png", "write_wav", "write_mp4", "write_corrupt_file")},
+    **{
+        name: "mmfuse.testing.tiny_models"
+        for name in (
+            "save_tiny_bert",
+            "save_tiny_timm",
+            "save_tiny_timm_checkpoint",
+            "save_tiny_wav2vec2",
+            "save_tiny_videomae",
+        )
+    },
 }
 
 

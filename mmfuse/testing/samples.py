@@ -2,7 +2,7 @@
 
 Values have different sizes on purpose (sentences of different lengths, images of different
 shapes, clips of different durations) so that collating them needs padding. Media files are
-written into a folder you give. Imports no torch.
+written (with :mod:`mmfuse.testing.media`) into a folder you give. Imports no torch.
 """
 
 from __future__ import annotations
@@ -11,6 +11,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from mmfuse.testing.media import write_audio, write_image, write_video
 
 __all__ = ["SAMPLE_TEXTS", "MODALITIES", "sample_values", "component_samples", "component_targets"]
 
@@ -53,50 +55,33 @@ def sample_values(modality: str, folder: str | Path | None = None, *, dim: int |
 
 
 def _write_images(folder: Path) -> list[Path]:
-    from PIL import Image
-
     rng = np.random.default_rng(1)
-    paths = []
-    for index, (width, height) in enumerate(_IMAGE_SIZES):
-        pixels = rng.integers(0, 256, size=(height, width, 3), dtype=np.uint8)
-        path = folder / f"image_{index}.png"
-        Image.fromarray(pixels).save(path)
-        paths.append(path)
-    return paths
+    return [
+        write_image(folder / f"image_{index}.png", rng.integers(0, 256, size=(height, width, 3), dtype=np.uint8))
+        for index, (width, height) in enumerate(_IMAGE_SIZES)
+    ]
 
 
 def _write_audio(folder: Path, sample_rate: int = 16000) -> list[Path]:
-    import soundfile
-
     rng = np.random.default_rng(2)
     paths = []
     for index, seconds in enumerate(_AUDIO_SECONDS):
         time = np.arange(int(seconds * sample_rate)) / sample_rate
         wave = 0.5 * np.sin(2 * np.pi * (220.0 * (index + 1)) * time) + 0.01 * rng.standard_normal(time.shape)
-        path = folder / f"audio_{index}.wav"
-        soundfile.write(str(path), wave.astype(np.float32), sample_rate)
-        paths.append(path)
+        paths.append(write_audio(folder / f"audio_{index}.wav", wave, sample_rate))
     return paths
 
 
 def _write_videos(folder: Path, size: int = 32) -> list[Path]:
-    import av
-
     rng = np.random.default_rng(3)
-    paths = []
-    for index, frames in enumerate(_VIDEO_FRAMES):
-        path = folder / f"video_{index}.mp4"
-        with av.open(str(path), mode="w") as container:
-            stream = container.add_stream("libx264", rate=8)
-            stream.width, stream.height, stream.pix_fmt = size, size, "yuv420p"
-            for _ in range(frames):
-                pixels = rng.integers(0, 256, size=(size, size, 3), dtype=np.uint8)
-                for packet in stream.encode(av.VideoFrame.from_ndarray(pixels, format="rgb24")):
-                    container.mux(packet)
-            for packet in stream.encode():
-                container.mux(packet)
-        paths.append(path)
-    return paths
+    return [
+        write_video(
+            folder / f"video_{index}.mp4",
+            [rng.integers(0, 256, size=(size, size, 3), dtype=np.uint8) for _ in range(frames)],
+            fps=8,
+        )
+        for index, frames in enumerate(_VIDEO_FRAMES)
+    ]
 
 
 def component_samples(config: Any, modality: str, folder: str | Path | None) -> list[Any]:

@@ -1,15 +1,20 @@
 """Checks shared by the encoder tests: build through the registry (the user path), gradients
-under freezing, and the export_assets round trip."""
+under freezing, the export_assets round trip, file errors and pickling of preprocessors."""
 
 from __future__ import annotations
 
+import pickle
+import re
+from pathlib import Path
 from typing import Any
 
+import pytest
 import torch
 
-from mmfuse.contracts import Encoder, EncoderOutput
+from mmfuse.contracts import Encoder, EncoderOutput, Preprocessor, SampleError
 from mmfuse.model import set_trainable
 from mmfuse.plugins import get_registry
+from mmfuse.testing.media import write_corrupt_file
 
 
 def build_encoder(name: str, **params: Any) -> Encoder:
@@ -87,3 +92,27 @@ def assert_export_roundtrip(name: str, params: dict[str, Any], encoder: Encoder,
     torch.testing.assert_close(actual.pooled, expected.pooled)
     torch.testing.assert_close(actual.tokens, expected.tokens)
     return overrides
+
+
+def assert_missing_and_corrupt_files_are_sample_errors(
+    preprocessor: Preprocessor, folder: Path, suffix: str, missing_says: str, corrupt_says: str
+) -> None:
+    """A path that does not exist and a ``suffix`` file of garbage bytes each raise SampleError
+    saying ``missing_says: <path>`` / ``corrupt_says <path>``."""
+    missing = folder / f"gone{suffix}"
+    with pytest.raises(SampleError, match=f"{missing_says}: {re.escape(str(missing))}"):
+        preprocessor(str(missing))
+    corrupt = write_corrupt_file(folder / f"broken{suffix}")
+    with pytest.raises(SampleError, match=f"{corrupt_says} {re.escape(str(corrupt))}"):
+        preprocessor(str(corrupt))
+
+
+def assert_pickled_copy_preprocesses_alike(preprocessor: Preprocessor, value: Any) -> Preprocessor:
+    """A pickled and unpickled preprocessor (as DataLoader workers get it) gives the same tensors
+    for ``value``; returns the copy."""
+    copy = pickle.loads(pickle.dumps(preprocessor))
+    expected, actual = preprocessor(value), copy(value)
+    assert actual.keys() == expected.keys()
+    for key in expected:
+        assert torch.equal(actual[key], expected[key]), key
+    return copy

@@ -3,8 +3,6 @@ tiny timm CNN) on real WAV / FLAC / OGG files at several sample rates."""
 
 from __future__ import annotations
 
-import pickle
-
 import numpy as np
 import pytest
 import soundfile
@@ -12,15 +10,18 @@ import torch
 from safetensors.torch import load_file
 
 from mmfuse.contracts import SampleError
+from mmfuse.testing.media import write_wav
+from mmfuse.testing.tiny_models import save_tiny_wav2vec2
 from tests.encoders.checks import (
     assert_export_roundtrip,
     assert_freezing_controls_gradients,
     assert_layer_groups_cover_encoder,
+    assert_missing_and_corrupt_files_are_sample_errors,
     assert_output_contract,
+    assert_pickled_copy_preprocesses_alike,
     build_encoder,
     encode,
 )
-from tests.media_fixtures import save_tiny_wav2vec2, write_corrupt_file, write_wav
 
 SPEECH, MEL = "mmfuse/audio_speech", "mmfuse/audio_mel"
 MEL_PARAMS = {"model": "test_efficientnet", "pretrained": False, "max_seconds": 1.0, "n_mels": 32}
@@ -133,12 +134,9 @@ def test_export_assets_rebuilds_offline(name, wav2vec2_folder, clips, tmp_path):
 
 def test_missing_corrupt_and_bad_values_are_sample_errors(speech, tmp_path):
     preprocessor = speech.preprocessor()
-    missing = tmp_path / "gone.wav"
-    with pytest.raises(SampleError, match=f"audio file not found: {missing}"):
-        preprocessor(str(missing))
-    corrupt = write_corrupt_file(tmp_path / "broken.wav")
-    with pytest.raises(SampleError, match=f"cannot read audio {corrupt}: corrupt"):
-        preprocessor(str(corrupt))
+    assert_missing_and_corrupt_files_are_sample_errors(
+        preprocessor, tmp_path, ".wav", "audio file not found", "cannot read audio"
+    )
     with pytest.raises(SampleError, match="NaN"):
         preprocessor((np.array([0.0, np.nan], dtype=np.float32), 16000))
     with pytest.raises(SampleError, match="sample rate"):
@@ -152,6 +150,5 @@ def test_unknown_backbone_name_suggests_timm_names():
 
 def test_preprocessor_pickles_for_dataloader_workers(mel, clips):
     preprocessor = mel.preprocessor()
-    copy = pickle.loads(pickle.dumps(preprocessor))
-    assert torch.equal(copy(clips[0])["waveform"], preprocessor(clips[0])["waveform"])
+    assert_pickled_copy_preprocesses_alike(preprocessor, clips[0])
     assert preprocessor.reads_files is True

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import pickle
-
 import numpy as np
 import pytest
 import torch
@@ -11,22 +9,20 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from mmfuse.contracts import SampleError
+from mmfuse.testing.media import write_png
+from mmfuse.testing.tiny_models import save_tiny_timm_checkpoint
 from tests.encoders.checks import (
     assert_export_roundtrip,
     assert_freezing_controls_gradients,
     assert_layer_groups_cover_encoder,
+    assert_missing_and_corrupt_files_are_sample_errors,
     assert_output_contract,
+    assert_pickled_copy_preprocesses_alike,
     build_encoder,
     encode,
 )
-from tests.media_fixtures import save_tiny_timm, save_tiny_timm_checkpoint, write_corrupt_file, write_png
 
 NAME = "mmfuse/image_timm"
-
-
-@pytest.fixture(scope="module")
-def vit_name(tmp_path_factory):
-    return f"local-dir:{save_tiny_timm(tmp_path_factory.mktemp('vit'), 'test_vit', img_size=32)}"
 
 
 @pytest.fixture(scope="module")
@@ -93,12 +89,9 @@ def test_overrides_change_size_and_normalisation(vit_name):
 
 def test_missing_and_corrupt_files_are_sample_errors_naming_the_path(encoder, tmp_path):
     preprocessor = encoder.preprocessor()
-    missing = tmp_path / "nope.png"
-    with pytest.raises(SampleError, match=f"not found: {missing}"):
-        preprocessor(str(missing))
-    corrupt = write_corrupt_file(tmp_path / "broken.png")
-    with pytest.raises(SampleError, match=f"cannot read image {corrupt}: corrupt"):
-        preprocessor(str(corrupt))
+    assert_missing_and_corrupt_files_are_sample_errors(
+        preprocessor, tmp_path, ".png", "image file not found", "cannot read image"
+    )
     truncated = tmp_path / "truncated.png"
     truncated.write_bytes(write_png(tmp_path / "whole.png", size=(64, 64)).read_bytes()[:200])
     with pytest.raises(SampleError, match="corrupt"):
@@ -142,6 +135,5 @@ def test_export_assets_rebuilds_offline_without_the_source_folder(encoder, vit_n
 
 def test_preprocessor_pickles_for_dataloader_workers(encoder, images):
     preprocessor = encoder.preprocessor()
-    copy = pickle.loads(pickle.dumps(preprocessor))
-    assert torch.equal(copy(images[0])["pixels"], preprocessor(images[0])["pixels"])
+    assert_pickled_copy_preprocesses_alike(preprocessor, images[0])
     assert preprocessor.reads_files is True

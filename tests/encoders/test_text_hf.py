@@ -2,22 +2,22 @@
 
 from __future__ import annotations
 
-import pickle
-
 import pytest
 import torch
 from safetensors.torch import load_file
 
 from mmfuse.contracts import SampleError
+from mmfuse.testing.samples import SAMPLE_TEXTS
+from mmfuse.testing.tiny_models import save_tiny_bert
 from tests.encoders.checks import (
     assert_export_roundtrip,
     assert_freezing_controls_gradients,
     assert_layer_groups_cover_encoder,
     assert_output_contract,
+    assert_pickled_copy_preprocesses_alike,
     build_encoder,
     encode,
 )
-from tests.media_fixtures import SAMPLE_TEXTS, save_tiny_bert
 
 NAME = "mmfuse/text_hf"
 
@@ -111,9 +111,7 @@ def test_export_assets_rebuilds_offline(encoder, bert_folder, tmp_path):
 
 
 def test_preprocessor_pickles_for_dataloader_workers(encoder):
-    preprocessor = encoder.preprocessor()
-    copy = pickle.loads(pickle.dumps(preprocessor))
-    assert torch.equal(copy(SAMPLE_TEXTS[0])["input_ids"], preprocessor(SAMPLE_TEXTS[0])["input_ids"])
+    copy = assert_pickled_copy_preprocesses_alike(encoder.preprocessor(), SAMPLE_TEXTS[0])
     assert copy.settings() == {"max_length": 128, "pad_token_id": 0}
 
 

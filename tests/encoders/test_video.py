@@ -3,29 +3,24 @@ save_pretrained; torchvision r3d_18 with random weights) on MP4 files written by
 
 from __future__ import annotations
 
-import pickle
-
 import numpy as np
 import pytest
 import torch
 
-from mmfuse.contracts import SampleError
+from mmfuse.testing.media import write_mp4
+from mmfuse.testing.tiny_models import save_tiny_videomae
 from tests.encoders.checks import (
     assert_export_roundtrip,
     assert_freezing_controls_gradients,
     assert_layer_groups_cover_encoder,
+    assert_missing_and_corrupt_files_are_sample_errors,
     assert_output_contract,
+    assert_pickled_copy_preprocesses_alike,
     build_encoder,
     encode,
 )
-from tests.media_fixtures import save_tiny_timm, save_tiny_videomae, write_corrupt_file, write_mp4
 
 FRAMES, NATIVE = "mmfuse/video_frames", "mmfuse/video_native"
-
-
-@pytest.fixture(scope="module")
-def vit_name(tmp_path_factory):
-    return f"local-dir:{save_tiny_timm(tmp_path_factory.mktemp('vit'), 'test_vit', img_size=32)}"
 
 
 @pytest.fixture(scope="module")
@@ -136,12 +131,9 @@ def test_export_assets_rebuilds_offline(name, vit_name, videomae_folder, videos,
 
 def test_missing_and_corrupt_files_are_sample_errors_naming_the_path(vit_name, tmp_path):
     preprocessor = build_encoder(FRAMES, model=vit_name, num_frames=4).preprocessor()
-    missing = tmp_path / "gone.mp4"
-    with pytest.raises(SampleError, match=f"video file not found: {missing}"):
-        preprocessor(str(missing))
-    corrupt = write_corrupt_file(tmp_path / "broken.mp4")
-    with pytest.raises(SampleError, match=f"cannot decode video {corrupt}"):
-        preprocessor(str(corrupt))
+    assert_missing_and_corrupt_files_are_sample_errors(
+        preprocessor, tmp_path, ".mp4", "video file not found", "cannot decode video"
+    )
 
 
 def test_unknown_names_suggest_known_models():
@@ -153,6 +145,5 @@ def test_unknown_names_suggest_known_models():
 
 def test_preprocessor_pickles_for_dataloader_workers(vit_name, videos):
     preprocessor = build_encoder(FRAMES, model=vit_name, num_frames=4).preprocessor()
-    copy = pickle.loads(pickle.dumps(preprocessor))
-    assert torch.equal(copy(videos[0])["frames"], preprocessor(videos[0])["frames"])
+    assert_pickled_copy_preprocesses_alike(preprocessor, videos[0])
     assert preprocessor.reads_files is True

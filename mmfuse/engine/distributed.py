@@ -84,6 +84,13 @@ def all_reduce_sum(tensor: torch.Tensor, context: DistributedContext) -> torch.T
     return tensor
 
 
+def all_reduce_max(tensor: torch.Tensor, context: DistributedContext) -> torch.Tensor:
+    """Max of a tensor over ranks in place (no-op on one process); stays on the device."""
+    if context.is_distributed:
+        dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+    return tensor
+
+
 def any_rank_true(flag: bool, context: DistributedContext) -> bool:
     """True when ``flag`` is set on any rank, so all ranks take the same branch (a collective)."""
     if not context.is_distributed:

@@ -41,7 +41,7 @@ from torch.utils.data import Dataset
 from mmfuse.engine.assembly import autocast_for, build_callbacks
 from mmfuse.engine.callbacks import Callback, Checkpointing, state_keys
 from mmfuse.engine.checkpoint import Checkpoint, checkpoint_name, find_resumable, load_model_weights, save_checkpoint
-from mmfuse.engine.distributed import any_rank_true, init_distributed
+from mmfuse.engine.distributed import all_reduce_max, any_rank_true, init_distributed
 from mmfuse.engine.evaluation import EvaluationInterrupted, batches_on_every_rank, evaluate_model
 from mmfuse.engine.loading import batches_per_epoch, build_loader, move_to_device, start_epoch
 from mmfuse.engine.rng import capture_rng_state, make_deterministic, restore_rng_state, seed_everything
@@ -226,7 +226,11 @@ class Trainer:
             step_bad = step_bad if step_bad is not None else torch.zeros((), device=self.device)
             # one process with no data in the whole step: no gradients, so no update (Adam's
             # moments and weight decay would still move the weights); under DDP the ranks must agree
-            if step_has_data or self.ddp is not None:
+            if self.ddp is not None:
+                # gradients are averaged over ranks, so one rank's NaN poisons every rank's update:
+                # all ranks must skip together (one scalar collective, no host sync)
+                self._optimizer_step(all_reduce_max(step_bad, self.context))
+            elif step_has_data:
                 self._optimizer_step(step_bad)
             else:
                 self.optimizer.zero_grad(set_to_none=True)

@@ -69,3 +69,37 @@ def train_with_an_empty_batch(rank: int, world_size: int, port: int, out: str) -
         Path(out) / f"rank{rank}.pt",
     )
     trainer.context.close()
+
+
+class NaNOnRankOne(TinyCollate):
+    """Rank 1's first batch (rows 1, 3, 5, 7 without shuffling) carries a NaN feature: only that
+    rank's loss is non-finite."""
+
+    def __init__(self, model, rows) -> None:
+        super().__init__(model)
+        self.rows = rows
+
+    def __call__(self, rows):
+        batch = super().__call__(rows)
+        if all(row["x"] in self.rows for row in rows):
+            batch["inputs"]["feats"]["values"][0, 0] = float("nan")
+        return batch
+
+
+def train_with_a_nan_on_one_rank(rank: int, world_size: int, port: int, out: str) -> None:
+    os.environ.update(
+        {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": str(rank),
+         "WORLD_SIZE": str(world_size), "LOCAL_RANK": str(rank)}
+    )
+    torch.set_num_threads(1)
+    recipe = ddp_recipe(batch_size=4, shuffle=False)
+    model = tiny_model(recipe)
+    data = SyntheticRows(32)
+    collate = NaNOnRankOne(model, [data[i]["x"] for i in (1, 3, 5, 7)])
+    trainer = Trainer(model, recipe, data, collate, run_dir=Path(out))
+    result = trainer.fit()
+    torch.save(
+        {"weights": model.state_dict(), "nonfinite": trainer.nonfinite_steps, "step": result.global_step},
+        Path(out) / f"rank{rank}.pt",
+    )
+    trainer.context.close()

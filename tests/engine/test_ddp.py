@@ -10,7 +10,7 @@ import torch
 import torch.multiprocessing as mp
 
 from mmfuse.engine.trainer import Trainer
-from tests.engine.ddp_worker import ddp_recipe, train, train_with_an_empty_batch
+from tests.engine.ddp_worker import ddp_recipe, train, train_with_a_nan_on_one_rank, train_with_an_empty_batch
 from tests.engine.tiny import SyntheticRows, TinyCollate, tiny_model
 
 
@@ -49,4 +49,14 @@ def test_an_empty_batch_on_one_rank_keeps_the_ranks_in_step(tmp_path):
     assert ranks[0]["step"] == ranks[1]["step"] == 8  # no rank dropped a step (or hung in a collective)
     assert ranks[0]["skipped"] == [0, 0] and ranks[1]["skipped"] == [4, 4]  # the same order each epoch
     for name, tensor in ranks[0]["weights"].items():
+        assert torch.equal(tensor, ranks[1]["weights"][name]), name
+
+
+@pytest.mark.slow
+def test_a_nan_loss_on_one_rank_skips_the_step_on_every_rank(tmp_path):
+    mp.spawn(train_with_a_nan_on_one_rank, args=(2, free_port(), str(tmp_path)), nprocs=2, join=True)
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
+    assert ranks[0]["step"] == ranks[1]["step"] == 8
+    for name, tensor in ranks[0]["weights"].items():
+        assert torch.isfinite(tensor).all(), name  # the averaged NaN gradient was never applied
         assert torch.equal(tensor, ranks[1]["weights"][name]), name

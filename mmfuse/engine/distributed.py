@@ -84,18 +84,12 @@ def all_reduce_sum(tensor: torch.Tensor, context: DistributedContext) -> torch.T
     return tensor
 
 
-def all_reduce_max(tensor: torch.Tensor, context: DistributedContext) -> torch.Tensor:
-    """Max of a tensor over ranks in place (no-op on one process); stays on the device."""
-    if context.is_distributed:
-        dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
-    return tensor
-
-
-def any_rank_true(flag: bool, context: DistributedContext) -> bool:
-    """True when ``flag`` is set on any rank, so all ranks take the same branch (a collective)."""
+def any_rank_true(flag: bool | torch.Tensor, context: DistributedContext) -> bool | torch.Tensor:
+    """True on every rank when ``flag`` is set on any rank, so all ranks take the same branch
+    (a collective). A device flag (tensor) stays on the device; a host bool comes back a bool."""
     if not context.is_distributed:
         return flag
     # gloo reduces CPU tensors, NCCL needs device tensors
-    value = torch.tensor([1.0 if flag else 0.0], device=context.device)
-    dist.all_reduce(value, op=dist.ReduceOp.MAX)
-    return bool(value.item() > 0)
+    tensor = flag.float() if torch.is_tensor(flag) else torch.tensor(float(flag), device=context.device)
+    dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+    return tensor.bool() if torch.is_tensor(flag) else bool(tensor.item())

@@ -41,7 +41,7 @@ from torch.utils.data import Dataset
 from mmfuse.engine.assembly import autocast_for, build_callbacks
 from mmfuse.engine.callbacks import Callback, Checkpointing, state_keys
 from mmfuse.engine.checkpoint import Checkpoint, checkpoint_name, find_resumable, load_model_weights, save_checkpoint
-from mmfuse.engine.distributed import all_reduce_max, any_rank_true, init_distributed
+from mmfuse.engine.distributed import any_rank_true, init_distributed
 from mmfuse.engine.evaluation import EvaluationInterrupted, batches_on_every_rank, evaluate_model
 from mmfuse.engine.loading import batches_per_epoch, build_loader, move_to_device, start_epoch
 from mmfuse.engine.rng import capture_rng_state, make_deterministic, restore_rng_state, seed_everything
@@ -101,14 +101,19 @@ class Trainer:
         self.run_dir = Path(run_dir)
         self.context = init_distributed(self.config.device)
         self.device = self.context.device
+        self.on_cpu = self.device.type == "cpu"
         self.autocast = autocast_for(self.config.precision, self.device)
         check_stages(self.config.stages, model)
         self.model = model.to(self.device)
         self.loss_step = LossStep(self.model)
         self.optimizer = build_optimizer(self.model, recipe)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.config.precision == "fp16")
-        # fused optimizers skip a step on the device when told so (found_inf), without a host sync
-        self.device_side_skip = bool(getattr(self.optimizer, "_step_supports_amp_scaling", False))
+        # On an accelerator, fused optimizers skip a step on the device when told so (found_inf),
+        # without a host sync. On the CPU reading the flag stalls nothing and is cheaper than the
+        # found_inf path (which rolls back every group's step counter with extra kernels).
+        self.device_side_skip = not self.on_cpu and bool(
+            getattr(self.optimizer, "_step_supports_amp_scaling", False)
+        )
         self.train_loader = build_loader(
             train_dataset, collate, recipe.data, train=True,
             rank=self.context.rank, world_size=self.context.world_size, seed=recipe.seed,
@@ -203,7 +208,7 @@ class Trainer:
         self.model.train()
         forward = self.ddp or self.loss_step
         window = self._window
-        step_bad: torch.Tensor | None = None
+        step_bad: bool | torch.Tensor | None = None
         step_has_data = False
         for batch in self.train_loader:
             self._epoch_skipped += int(batch.pop("skipped", 0))
@@ -213,23 +218,26 @@ class Trainer:
                 window.add_empty()  # every row was bad: nothing to learn from, nothing to sync
                 loss = torch.zeros((), device=self.device)
             else:
-                loss = self._forward_backward(forward, move_to_device(batch, self.device), steps_now)
+                if not self.on_cpu:  # the loader's batches are already on the CPU
+                    batch = move_to_device(batch, self.device)
+                loss = self._forward_backward(forward, batch, steps_now)
                 if is_empty_batch(batch):
                     window.add_empty()
                 else:
                     step_has_data = True
                     bad = window.add_loss(loss)
-                    step_bad = bad if step_bad is None else torch.maximum(step_bad, bad)
+                    step_bad = bad if step_bad is None else step_bad | bad
             if not steps_now:
                 continue
 
-            step_bad = step_bad if step_bad is not None else torch.zeros((), device=self.device)
+            step_bad = step_bad if step_bad is not None else window.no_flag()
             # one process with no data in the whole step: no gradients, so no update (Adam's
             # moments and weight decay would still move the weights); under DDP the ranks must agree
             if self.ddp is not None:
                 # gradients are averaged over ranks, so one rank's NaN poisons every rank's update:
-                # all ranks must skip together (one scalar collective, no host sync)
-                self._optimizer_step(all_reduce_max(step_bad, self.context))
+                # all ranks must skip together (one scalar collective)
+                step_bad = any_rank_true(step_bad, self.context)
+                self._optimizer_step(step_bad)
             elif step_has_data:
                 self._optimizer_step(step_bad)
             else:
@@ -263,7 +271,7 @@ class Trainer:
             self.scaler.scale(loss / accum if accum > 1 else loss).backward()
         return loss.detach().float()
 
-    def _optimizer_step(self, bad: torch.Tensor) -> None:
+    def _optimizer_step(self, bad: bool | torch.Tensor) -> None:
         """Clip, then step (skipping a non-finite step on the device where possible), then zero."""
         optimizer = self.optimizer
         if self.config.clip_grad_norm is not None:
@@ -274,10 +282,10 @@ class Trainer:
             self.scaler.step(optimizer)  # GradScaler itself skips steps whose gradients are not finite
             self.scaler.update()
         elif self.device_side_skip:
-            optimizer.found_inf = bad  # type: ignore[attr-defined]
+            optimizer.found_inf = bad.float()  # type: ignore[attr-defined,union-attr]
             optimizer.step()
             del optimizer.found_inf  # type: ignore[attr-defined]
-        elif not bool(bad):  # optimizers without a fused kernel have no device-side skip: one sync
+        elif not bool(bad):  # CPU, or no fused kernel on an accelerator (one sync there)
             optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 

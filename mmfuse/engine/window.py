@@ -1,8 +1,9 @@
-"""Training-loss bookkeeping between two log points, kept on the device: the loop adds to it
-every micro-batch without a host sync, and :meth:`LossWindow.flush` reads it back."""
+"""Training-loss bookkeeping between two log points: the loop adds to it every micro-batch
+without a host sync on an accelerator, and :meth:`LossWindow.flush` reads it back."""
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 
@@ -27,47 +28,64 @@ class WindowSummary:
 
 
 class LossWindow:
-    """Device-side sums since the last flush."""
+    """Losses and skip flags since the last flush.
+
+    Adding costs no kernel launch: losses are kept as detached tensors and summed at
+    :meth:`flush`. A micro-batch's non-finite flag is a device tensor on an accelerator (so the
+    loop never waits for the device) and a plain bool on the CPU, where reading a scalar stalls
+    nothing and is cheaper than the tensor ops that would compute the flag on the device.
+    """
 
     def __init__(self, device: torch.device) -> None:
-        self.loss = torch.zeros((), device=device)
-        self.bad = torch.zeros((), device=device)  # non-finite micro-batches
-        self.nonfinite_steps = torch.zeros((), device=device)
+        self.host_flags = device.type == "cpu"
+        self.device = device
+        self.losses: list[torch.Tensor] = []
+        self.step_flags: list[bool | torch.Tensor] = []
         self.batches = 0
         self.empty = 0  # micro-batches whose rows were all skipped: no loss to average
         self.started = time.perf_counter()
 
-    def add_loss(self, loss: torch.Tensor) -> torch.Tensor:
-        """Count one micro-batch's detached loss; return its non-finite flag (a device tensor)."""
-        loss = loss.float()
-        bad = torch.logical_not(torch.isfinite(loss)).float()
-        self.loss += torch.nan_to_num(loss, nan=0.0, posinf=0.0, neginf=0.0)
-        self.bad += bad
+    def no_flag(self) -> bool | torch.Tensor:
+        """The flag of a step with nothing non-finite in it."""
+        return False if self.host_flags else torch.zeros((), dtype=torch.bool, device=self.device)
+
+    def add_loss(self, loss: torch.Tensor) -> bool | torch.Tensor:
+        """Keep one micro-batch's detached loss; return its non-finite flag (combine with ``|``)."""
+        self.losses.append(loss)
         self.batches += 1
-        return bad
+        if self.host_flags:
+            return not math.isfinite(loss.item())
+        return torch.logical_not(torch.isfinite(loss))
 
     def add_empty(self) -> None:
         self.batches += 1
         self.empty += 1
 
-    def add_step(self, bad: torch.Tensor) -> None:
-        """Count an optimizer step, skipped when ``bad`` (a device flag) is set."""
-        self.nonfinite_steps += bad
+    def add_step(self, bad: bool | torch.Tensor) -> None:
+        """Count an optimizer step, skipped when ``bad`` is set."""
+        self.step_flags.append(bad)
 
     def flush(self) -> WindowSummary | None:
-        """Read the sums back (the host sync) and start a new window; None when nothing was added."""
+        """Read the window back (the host sync) and start a new one; None when nothing was added."""
         if self.batches == 0:
             return None
+        loss_sum, bad = 0.0, 0
+        if self.losses:
+            losses = torch.stack(self.losses).float()
+            finite = torch.isfinite(losses)
+            loss_sum = float(torch.where(finite, losses, torch.zeros_like(losses)).sum())
+            bad = int(finite.numel() - finite.sum())
+        nonfinite_steps = 0
+        if self.step_flags:
+            nonfinite_steps = int(torch.stack([torch.as_tensor(f, device=self.device) for f in self.step_flags]).sum())
         summary = WindowSummary(
             batches=self.batches,
-            good=self.batches - self.empty - int(self.bad.item()),
-            loss_sum=float(self.loss.item()),
-            nonfinite_steps=int(self.nonfinite_steps.item()),
+            good=self.batches - self.empty - bad,
+            loss_sum=loss_sum,
+            nonfinite_steps=nonfinite_steps,
             seconds=max(time.perf_counter() - self.started, 1e-9),
         )
-        self.loss.zero_()
-        self.bad.zero_()
-        self.nonfinite_steps.zero_()
+        self.losses, self.step_flags = [], []
         self.batches = self.empty = 0
         self.started = time.perf_counter()
         return summary

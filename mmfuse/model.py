@@ -62,6 +62,24 @@ class FusedModel(nn.Module):
         self.tasks = nn.ModuleDict(dict(tasks))
         self.loss_weighting = loss_weighting or LossWeighting({name: 1.0 for name in tasks})
 
+    def train(self, mode: bool = True) -> "FusedModel":
+        """Like ``nn.Module.train``, but frozen parts of encoders stay in eval mode.
+
+        A frozen block must behave as it was loaded: in train mode its BatchNorm layers would
+        still update their running statistics and its dropout would still fire, so a "frozen"
+        backbone would drift. A block is frozen when none of its parameters requires a gradient;
+        whole encoders and their ``layer_groups()`` are checked, so ``trainable_layers`` and
+        staged unfreezing keep the still-frozen blocks in eval mode."""
+        super().train(mode)
+        if mode:
+            for encoder in self.encoders.values():
+                blocks = [encoder, *(encoder.layer_groups() if isinstance(encoder, Encoder) else [])]
+                for block in blocks:
+                    params = list(block.parameters())
+                    if params and not any(p.requires_grad for p in params):
+                        block.eval()
+        return self
+
     def encode(self, batch: Mapping[str, Any]) -> tuple[dict[str, EncoderOutput], dict[str, Tensor]]:
         """Run every encoder whose inputs are in the batch; return features and presence masks."""
         features: dict[str, EncoderOutput] = {}

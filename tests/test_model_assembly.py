@@ -157,3 +157,72 @@ def test_uncertainty_weighting_is_learned():
     b = batch()
     model.compute_loss(model(b), b["targets"])[0].backward()
     assert model.loss_weighting.log_vars.grad is not None
+
+
+class NormedConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    dim: int = 4
+
+
+class NormedEncoder(Encoder):
+    """Two blocks with BatchNorm: running statistics move in train mode."""
+
+    modality = "vector"
+
+    def __init__(self, config: NormedConfig) -> None:
+        super().__init__()
+        self.first = torch.nn.Sequential(torch.nn.Linear(config.dim, 6), torch.nn.BatchNorm1d(6))
+        self.second = torch.nn.Sequential(torch.nn.Linear(6, 6), torch.nn.BatchNorm1d(6))
+        self.output_dim = 6
+
+    def forward(self, inputs):
+        pooled = self.second(self.first(inputs["values"]))
+        return EncoderOutput(pooled.unsqueeze(1), torch.ones(pooled.shape[0], 1, dtype=torch.bool), pooled)
+
+    def layer_groups(self):
+        return [self.first, self.second]
+
+    def preprocessor(self) -> Preprocessor:
+        raise NotImplementedError
+
+
+class NormedPlugin:
+    @hookimpl
+    def mmfuse_register_encoders(self, register):
+        register("local/normed", builder=NormedEncoder, config=NormedConfig)
+
+
+def normed_model(**slot):
+    raw = {
+        "encoders": {"feats": {"type": "normed", **slot}},
+        "fusion": {"type": "concat", "output_dim": 4},
+        "tasks": {"label": {"type": "classification", "labels": ["x", "y"]}},
+    }
+    registry = load_registry([("normed", NormedPlugin())])
+    return build_fused_model(parse_recipe(raw, registry), registry)
+
+
+def run_batch(model):
+    model.train()
+    model({"inputs": {"feats": {"values": torch.randn(8, 4) * 5 + 3}}})
+
+
+def test_frozen_encoder_keeps_its_batchnorm_statistics_in_train_mode():
+    model = normed_model(freeze=True)
+    encoder = model.encoders["feats"]
+    before = encoder.first[1].running_mean.clone()
+    run_batch(model)
+    assert model.training and model.fusion.training and not encoder.training
+    assert torch.equal(encoder.first[1].running_mean, before)
+
+
+def test_only_still_frozen_layer_groups_stay_in_eval_mode():
+    model = normed_model(trainable_layers=1)
+    encoder = model.encoders["feats"]
+    first, second = encoder.first[1].running_mean.clone(), encoder.second[1].running_mean.clone()
+    run_batch(model)
+    assert torch.equal(encoder.first[1].running_mean, first)  # frozen block: statistics kept
+    assert not torch.equal(encoder.second[1].running_mean, second)  # trainable block: updated
+    encoder.first.requires_grad_(True)  # as a stage unfreezing it would
+    run_batch(model)
+    assert not torch.equal(encoder.first[1].running_mean, first)

@@ -49,6 +49,8 @@ def apply_stage(
         for block in blocks:
             # only ever switch gradients on: parameters already training stay in their groups
             block.requires_grad_(True)
+    if model.training:
+        model.train()  # blocks that just thawed leave the eval mode frozen blocks are kept in
     in_optimizer = {id(p) for group in optimizer.param_groups for p in group["params"]}
     added = 0
     for group in param_groups(model, recipe, only=[f"encoders.{n}" for n in stage.unfreeze], lr=stage.lr, exclude=in_optimizer):

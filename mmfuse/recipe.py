@@ -377,7 +377,9 @@ def _validate_slot(
 
     host_keys = set(slot_model.model_fields) - {"params"}
     host = {k: v for k, v in raw.items() if k in host_keys}
-    params = {k: v for k, v in raw.items() if k not in host_keys}
+    params = {
+        k: _relative_to_recipe(v, source, path + (k,)) for k, v in raw.items() if k not in host_keys
+    }
     host["type"] = spec.name
     problems: list[Problem] = []
     config = None
@@ -397,6 +399,25 @@ def _validate_slot(
 
 
 _SLOT_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
+
+#: a component parameter that is a path relative to the recipe file: './x' or '../x', optionally
+#: after a scheme prefix such as timm's 'local-dir:'
+_RECIPE_RELATIVE = re.compile(r"^(?P<scheme>[A-Za-z][A-Za-z0-9+_-]*:)?(?P<path>\.\.?/.*)$")
+
+
+def _relative_to_recipe(value: Any, source: _Source, path: tuple[str, ...]) -> Any:
+    """Resolve './' and '../' paths in a component's parameters against the recipe's folder, so
+    a recipe works from any working directory. Values given as command-line overrides stay
+    relative to the working directory; hub names and absolute paths are left alone."""
+    if isinstance(value, list):
+        return [_relative_to_recipe(item, source, path) for item in value]
+    if not isinstance(value, str) or source.file is None or path in source.overrides:
+        return value
+    match = _RECIPE_RELATIVE.match(value)
+    if match is None:
+        return value
+    resolved = (Path(source.file).resolve().parent / match["path"]).resolve()
+    return f"{match['scheme'] or ''}{resolved}"
 
 #: attribute names of torch.nn.ModuleDict: a sub-module key equal to one of them cannot be added
 #: (``add_module`` raises). Kept here because recipe validation must not import torch; a test

@@ -5,7 +5,9 @@ from __future__ import annotations
 import textwrap
 
 import pytest
+from pydantic import BaseModel, ConfigDict
 
+from mmfuse import hookimpl
 from mmfuse.plugins import load_registry
 from mmfuse.recipe import RecipeError, load_recipe
 
@@ -143,3 +145,35 @@ def test_reserved_slot_names_cover_every_module_dict_attribute():
     probe = "import torch; print(' '.join(n for n in dir(torch.nn.ModuleDict()) if not n.startswith('_')))"
     public = set(subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout.split())
     assert public and public <= RESERVED_SLOT_NAMES
+
+
+class FolderConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    model: str
+    extra: list[str] = []
+
+
+class FolderPlugin:
+    @hookimpl
+    def mmfuse_register_encoders(self, register):
+        register("local/folder", builder="unused:build", config=FolderConfig)
+
+
+def test_dot_relative_component_paths_resolve_against_the_recipe_folder(tmp_path, monkeypatch):
+    folder = tmp_path / "project" / "recipes"
+    folder.mkdir(parents=True)
+    path = folder / "r.yaml"
+    path.write_text(
+        GOOD.replace(
+            "  feats:\n    type: vector\n    input_dim: 4\n",
+            "  feats:\n    type: folder\n    model: ../models/bert\n    extra: [./a, 'local-dir:../m', hub/name]\n",
+        )
+    )
+    registry = load_registry([("folder", FolderPlugin())])
+    monkeypatch.chdir(tmp_path)
+    params = load_recipe(path, registry=registry).encoders["feats"].params
+    assert params.model == str(tmp_path / "project" / "models" / "bert")
+    assert params.extra == [str(folder / "a"), f"local-dir:{tmp_path / 'project' / 'm'}", "hub/name"]
+    # a command-line override stays relative to the working directory, like any shell path
+    overridden = load_recipe(path, ["encoders.feats.model=./here"], registry=registry)
+    assert overridden.encoders["feats"].params.model == "./here"

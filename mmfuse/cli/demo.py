@@ -13,7 +13,7 @@ HELP = "generate a small multimodal dataset and tiny models, train the demo reci
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, default=Path(".mmfuse-demo"), help="folder for data, models and runs (default: .mmfuse-demo)")
-    parser.add_argument("--recipe", type=Path, help="demo recipe (default: recipes/demo.yaml of this source tree)")
+    parser.add_argument("--recipe", type=Path, help="demo recipe (default: the packaged copy of recipes/demo.yaml)")
     parser.add_argument("--train-rows", type=int, default=256)
     parser.add_argument("--val-rows", type=int, default=96)
     parser.add_argument("--no-ablations", action="store_true", help="train only the fused model")
@@ -34,7 +34,7 @@ def run(args: argparse.Namespace) -> int:
         recipe_path = args.recipe or default_recipe_path()
         if not recipe_path.is_file():
             print(
-                f"error: demo recipe not found at {recipe_path}; run from a source checkout or pass --recipe",
+                f"error: demo recipe not found at {recipe_path}; pass --recipe PATH",
                 file=sys.stderr,
             )
             return EXIT_BAD_INPUT

@@ -29,8 +29,9 @@ class DemoResult:
 
 
 def default_recipe_path() -> Path:
-    """``recipes/demo.yaml`` of the source tree mmfuse runs from."""
-    return Path(__file__).resolve().parent.parent.parent / "recipes" / "demo.yaml"
+    """The demo recipe shipped with the package: ``mmfuse/demo/demo.yaml`` is a link to
+    ``recipes/demo.yaml`` in a source tree, and a copy of it in an installed wheel."""
+    return Path(__file__).resolve().parent / "demo.yaml"
 
 
 def prepare_demo(out: Path, train_rows: int, val_rows: int) -> None:

@@ -1,4 +1,4 @@
-"""Recipe schema, YAML loading with line numbers, dotted overrides, and all-errors-at-once validation.
+"""Recipe schema and all-errors-at-once validation against the component registry.
 
 A recipe names the components to assemble. Each component slot (an encoder, the fusion head, a
 task, a callback) holds ``type`` plus host keys (``column``, ``lr``, ...) plus the component's own
@@ -9,8 +9,6 @@ from the registry: ``mmfuse validate`` checks a plugin's parameters too. Imports
 from __future__ import annotations
 
 import re
-import typing
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +17,15 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from mmfuse.data.config import DataConfig
 from mmfuse.engine.config import OptimizerConfig, SchedulerConfig, TrainerConfig
-from mmfuse.registry import ComponentLoadError, ComponentSpec, Registry, UnknownComponentError, suggest
+from mmfuse.recipe_problems import (
+    Problem,
+    RecipeError,
+    RecipeSource,
+    apply_overrides,
+    pydantic_problems,
+    read_yaml,
+)
+from mmfuse.registry import ComponentLoadError, ComponentSpec, Registry, UnknownComponentError
 
 __all__ = [
     "Problem",
@@ -37,43 +43,6 @@ __all__ = [
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
-
-
-# --------------------------------------------------------------------------- errors
-
-
-@dataclass
-class Problem:
-    """One recipe problem: dotted path, message, and where it came from."""
-
-    path: str
-    message: str
-    line: int | None = None
-    source: str | None = None  # file name, or "override 'a.b=c'"
-
-    def __str__(self) -> str:
-        where = []
-        if self.source:
-            where.append(self.source)
-        if self.line is not None:
-            where.append(f"line {self.line}")
-        location = f" ({', '.join(where)})" if where else ""
-        return f"{self.path or '<recipe>'}{location}: {self.message}"
-
-
-class RecipeError(ValueError):
-    """A recipe (or its overrides) is invalid; ``problems`` lists every problem found."""
-
-    def __init__(self, problems: list[Problem], source: str | None = None) -> None:
-        self.problems = problems
-        self.source = source
-        super().__init__(self._format())
-
-    def _format(self) -> str:
-        name = self.source or "recipe"
-        count = len(self.problems)
-        head = f"{name}: {count} problem{'s' if count != 1 else ''}"
-        return head + "".join(f"\n  - {p}" for p in self.problems)
 
 
 # --------------------------------------------------------------------------- schema
@@ -188,169 +157,7 @@ class Recipe(_Strict):
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
 
-# --------------------------------------------------------------------------- YAML with lines
-
-
-@dataclass
-class _Source:
-    """Where each dotted path of the raw recipe came from."""
-
-    file: str | None = None
-    lines: dict[tuple[str, ...], int] = field(default_factory=dict)
-    overrides: dict[tuple[str, ...], str] = field(default_factory=dict)
-
-    def locate(self, path: tuple[str, ...]) -> tuple[int | None, str | None]:
-        for key, text in self.overrides.items():
-            if path and key[: len(path)] == path:
-                return None, f"override '{text}'"
-        for end in range(len(path), -1, -1):
-            prefix = path[:end]
-            if prefix in self.overrides:
-                return None, f"override '{self.overrides[prefix]}'"
-            if prefix in self.lines:
-                return self.lines[prefix], self.file
-        return None, self.file
-
-
-def _record_lines(node: yaml.Node, path: tuple[str, ...], lines: dict[tuple[str, ...], int]) -> None:
-    lines.setdefault(path, node.start_mark.line + 1)
-    if isinstance(node, yaml.MappingNode):
-        for key_node, value_node in node.value:
-            key = str(key_node.value)
-            lines[path + (key,)] = key_node.start_mark.line + 1
-            _record_lines(value_node, path + (key,), lines)
-            lines[path + (key,)] = key_node.start_mark.line + 1
-    elif isinstance(node, yaml.SequenceNode):
-        for index, item in enumerate(node.value):
-            _record_lines(item, path + (str(index),), lines)
-
-
-def _read_yaml(text: str, file: str | None) -> tuple[Any, _Source]:
-    source = _Source(file=file)
-    try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        line = mark.line + 1 if mark is not None else None
-        raise RecipeError([Problem("", f"invalid YAML: {exc}", line, file)], file) from exc
-    if node is not None:
-        _record_lines(node, (), source.lines)
-    return data, source
-
-
-# --------------------------------------------------------------------------- overrides
-
-
-def apply_overrides(raw: dict[str, Any], overrides: list[str], source: _Source | None = None) -> list[Problem]:
-    """Apply ``a.b.c=value`` overrides in place (values parsed as YAML); return malformed ones."""
-    problems: list[Problem] = []
-    for text in overrides:
-        key, sep, value_text = text.partition("=")
-        key = key.strip()
-        if not sep or not key or any(not part for part in key.split(".")):
-            problems.append(
-                Problem(key or text, f"override '{text}' is not of the form key.path=value (e.g. trainer.epochs=3)")
-            )
-            continue
-        try:
-            value = yaml.safe_load(value_text) if value_text.strip() else ""
-        except yaml.YAMLError as exc:
-            problems.append(Problem(key, f"override '{text}': value is not valid YAML ({exc})"))
-            continue
-        parts = key.split(".")
-        node: Any = raw
-        for depth, part in enumerate(parts[:-1]):
-            if isinstance(node, list) and part.isdigit() and int(part) < len(node):
-                node = node[int(part)]
-                continue
-            if not isinstance(node, dict):
-                problems.append(
-                    Problem(key, f"override '{text}': '{'.'.join(parts[:depth])}' is not a mapping")
-                )
-                node = None
-                break
-            node = node.setdefault(part, {})
-        if node is None:
-            continue
-        last = parts[-1]
-        if isinstance(node, list) and last.isdigit() and int(last) < len(node):
-            node[int(last)] = value
-        elif isinstance(node, dict):
-            node[last] = value
-        else:
-            problems.append(Problem(key, f"override '{text}': '{'.'.join(parts[:-1])}' is not a mapping"))
-            continue
-        if source is not None:
-            source.overrides[tuple(parts)] = text
-    return problems
-
-
 # --------------------------------------------------------------------------- validation
-
-
-def _field_names(model: Any) -> list[str]:
-    if isinstance(model, type) and issubclass(model, BaseModel):
-        return list(model.model_fields)
-    return []
-
-
-def _model_at(model: Any, loc: tuple[Any, ...]) -> Any:
-    """Follow a pydantic error location through nested models, dicts, lists and Optionals."""
-    for part in loc:
-        if isinstance(model, type) and issubclass(model, BaseModel):
-            info = model.model_fields.get(str(part))
-            if info is None:
-                return None
-            model = info.annotation
-        else:
-            args = [a for a in typing.get_args(model) if a is not type(None)]
-            origin = typing.get_origin(model)
-            if origin in (dict, list) and args:
-                model = args[-1]
-            elif args:
-                model = args[0]
-                return _model_at(model, (part,)) if isinstance(part, str) else model
-            else:
-                return None
-    args = [a for a in typing.get_args(model) if a is not type(None)]
-    if args and not (isinstance(model, type) and issubclass(model, BaseModel)):
-        for a in args:
-            if isinstance(a, type) and issubclass(a, BaseModel):
-                return a
-    return model
-
-
-def _pydantic_problems(
-    exc: ValidationError,
-    prefix: tuple[str, ...],
-    source: _Source,
-    model: Any,
-    extra_fields: list[str] = (),  # type: ignore[assignment]
-) -> list[Problem]:
-    problems = []
-    for err in exc.errors():
-        loc = tuple(str(p) for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
-        # drop union-branch tags pydantic inserts (e.g. 'EarlyStoppingConfig')
-        loc = tuple(p for p in loc if not (p[:1].isupper() and p.endswith("Config")))
-        path = prefix + loc
-        message = err["msg"]
-        if err["type"] == "extra_forbidden":
-            parent = _model_at(model, tuple(err["loc"][:-1]))
-            candidates = _field_names(parent) + (list(extra_fields) if len(loc) == 1 else [])
-            message = f"unknown key '{loc[-1]}'"
-            hint = suggest(loc[-1], [c for c in candidates if c != "params"])
-            if hint:
-                message += f". Did you mean '{hint}'?"
-            elif candidates:
-                message += f". Allowed keys: {', '.join(c for c in candidates if c != 'params')}"
-        elif err["type"] == "missing":
-            message = f"missing required key '{loc[-1]}'"
-        elif "input" in err and err["type"] not in ("model_type", "dict_type"):
-            message += f" (got {err['input']!r})"
-        line, where = source.locate(path)
-        problems.append(Problem(".".join(path), message, line, where))
-    return problems
 
 
 def _validate_slot(
@@ -359,7 +166,7 @@ def _validate_slot(
     slot_model: type[_Strict],
     kind: str,
     registry: Registry,
-    source: _Source,
+    source: RecipeSource,
 ) -> tuple[_Strict | None, list[Problem]]:
     if not isinstance(raw, dict):
         line, where = source.locate(path)
@@ -386,12 +193,12 @@ def _validate_slot(
     try:
         config = spec.config.model_validate(params)
     except ValidationError as exc:
-        problems += _pydantic_problems(exc, path, source, spec.config, extra_fields=sorted(host_keys))
+        problems += pydantic_problems(exc, path, source, spec.config, extra_fields=sorted(host_keys))
     slot = None
     try:
         slot = slot_model.model_validate(host)
     except ValidationError as exc:
-        problems += _pydantic_problems(exc, path, source, slot_model)
+        problems += pydantic_problems(exc, path, source, slot_model)
     if slot is not None and config is not None:
         slot.params = config
         return slot, problems
@@ -405,7 +212,7 @@ _SLOT_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
 _RECIPE_RELATIVE = re.compile(r"^(?P<scheme>[A-Za-z][A-Za-z0-9+_-]*:)?(?P<path>\.\.?/.*)$")
 
 
-def _relative_to_recipe(value: Any, source: _Source, path: tuple[str, ...]) -> Any:
+def _relative_to_recipe(value: Any, source: RecipeSource, path: tuple[str, ...]) -> Any:
     """Resolve './' and '../' paths in a component's parameters against the recipe's folder, so
     a recipe works from any working directory. Values given as command-line overrides stay
     relative to the working directory; hub names and absolute paths are left alone."""
@@ -436,7 +243,7 @@ RESERVED_SLOT_NAMES = frozenset(
 )
 
 
-def _check_slot_name(section: str, name: Any, source: _Source) -> list[Problem]:
+def _check_slot_name(section: str, name: Any, source: RecipeSource) -> list[Problem]:
     """Encoder and task names become module keys, metric names and export input names."""
     path = (section, str(name))
     line, where = source.locate(path)
@@ -469,14 +276,14 @@ def parse_recipe(
     *,
     overrides: list[str] = (),  # type: ignore[assignment]
     file: str | None = None,
-    _source: _Source | None = None,
+    _source: RecipeSource | None = None,
 ) -> Recipe:
     """Validate raw recipe data (a dict) against the registry; raise RecipeError with ALL problems."""
     if registry is None:
         from mmfuse.plugins import get_registry
 
         registry = get_registry()
-    source = _source or _Source(file=file)
+    source = _source or RecipeSource(file=file)
     if not isinstance(raw, dict):
         raise RecipeError([Problem("", "a recipe must be a YAML mapping", 1, source.file)], source.file)
     raw = _deep_copy(raw)
@@ -485,7 +292,7 @@ def parse_recipe(
     try:
         top = _RawRecipe.model_validate(raw)
     except ValidationError as exc:
-        problems += _pydantic_problems(exc, (), source, _RawRecipe)
+        problems += pydantic_problems(exc, (), source, _RawRecipe)
         top = None
 
     slots: dict[str, Any] = {}
@@ -550,6 +357,6 @@ def load_recipe(
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise RecipeError([Problem("", f"cannot read recipe: {exc.strerror or exc}", None, str(path))], str(path)) from exc
-    raw, source = _read_yaml(text, str(path))
+    raw, source = read_yaml(text, str(path))
     return parse_recipe(raw, registry, overrides=overrides, file=str(path), _source=source)
 

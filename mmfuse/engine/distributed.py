@@ -62,7 +62,6 @@ def resolve_device(preference: str, local_rank: int = 0) -> torch.device:
 def init_distributed(device_preference: str = "auto") -> DistributedContext:
     """Join the process group described by torchrun's environment, or run as one process."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     device = resolve_device(device_preference, local_rank)
     if world_size <= 1:

@@ -14,7 +14,7 @@ Two rules hold in every built-in head:
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from typing import Mapping
 
 import torch
 from torch import Tensor

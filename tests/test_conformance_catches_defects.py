@@ -110,6 +110,19 @@ class ForeignLayersEncoder(WordsEncoder):
         return [self.embed, nn.Linear(2, 2)]  # a module that is not part of the encoder
 
 
+class SelfTrainingNormEncoder(WordsEncoder):
+    """Switches its BatchNorm to train mode inside forward: frozen, its statistics still drift."""
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.norm = nn.BatchNorm1d(config.dim)
+
+    def forward(self, inputs):
+        out = super().forward(inputs)
+        self.norm.train()
+        return EncoderOutput(out.tokens, out.mask, self.norm(out.pooled))
+
+
 class DriftingConfig(WordsConfig):
     @field_validator("dim")
     @classmethod
@@ -197,6 +210,7 @@ class DefectsPlugin:
         register("test/always_dropout", builder=AlwaysDropoutEncoder, config=WordsConfig)
         register("test/foreign_layers", builder=ForeignLayersEncoder, config=WordsConfig)
         register("test/drifting_config", builder=DriftingEncoder, config=DriftingConfig)
+        register("test/self_training_norm", builder=SelfTrainingNormEncoder, config=WordsConfig)
 
     @hookimpl
     def mmfuse_register_fusions(self, register):
@@ -221,6 +235,7 @@ DEFECTS = [
     ("encoder", "test/always_dropout", "determinism", ["two eval-mode forwards"]),
     ("encoder", "test/foreign_layers", "frozen", ["layer_groups()", "not part of the encoder", "1 (Linear)"]),
     ("encoder", "test/drifting_config", "config_roundtrip", ["model_dump", "dim=8) became", "dim=9)"]),
+    ("encoder", "test/self_training_norm", "frozen", ["changed buffers of the frozen encoder", "norm.running_mean"]),
     ("fusion", "test/mask_ignoring", "missing_modality", ["samples [1, 3]", "absent", "present=False"]),
     ("fusion", "test/token_mask_ignoring", "token_mask", ["padded positions"]),
     ("task", "test/unused_head", "loss_and_gradients", ["no gradient from the loss", "second_head.weight"]),

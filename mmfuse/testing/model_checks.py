@@ -74,11 +74,15 @@ def check_frozen(
     in_optimizer = [g["name"] for g in optimizer.param_groups for p in g["params"] if id(p) in own]
     expect(not in_optimizer, f"frozen parameters were put in optimizer groups {sorted(set(in_optimizer))}")
     model.train()
+    buffers = {name: b.detach().clone() for name, b in encoder.named_buffers()}
     batch = make_batch(model, {SUBJECT_SLOT: values}, {"probe": targets})
     total, _ = model.compute_loss(model(batch), batch["targets"])
     total.backward()
     with_grad = [name for name, p in encoder.named_parameters() if p.grad is not None]
     expect(not with_grad, f"frozen parameters received gradients: {with_grad[:8]}")
+    # a frozen encoder is kept in eval mode: BatchNorm running statistics must not move
+    moved = [name for name, b in encoder.named_buffers() if name in buffers and not torch.equal(b, buffers[name])]
+    expect(not moved, f"a training step changed buffers of the frozen encoder: {moved[:8]}")
 
     partial = build_fused_model(fused_recipe(subject, registry, trainable_layers=1), registry)
     encoder = partial.encoders[SUBJECT_SLOT]

@@ -139,6 +139,7 @@ def _contrastive_worker(rank: int, world: int, folder: str) -> None:
             grads[name] = parameter.grad / world
         values = {k: v.item() for k, v in metrics.compute().items()}  # synchronised by torchmetrics
         torch.save({"loss": loss.item(), "grads": grads, "metrics": values}, f"{folder}/rank{rank}.pt")
+        dist.barrier()  # gloo aborts a process whose peer tears down while it is still connected
     finally:
         dist.destroy_process_group()
 

@@ -41,8 +41,10 @@ class DistributedContext:
             dist.barrier()
 
     def close(self) -> None:
-        """Destroy the process group if this context created it."""
+        """Destroy the process group if this context created it (after a barrier: gloo aborts a
+        process whose peer tears the group down while it is still connected)."""
         if self.owns_process_group and dist.is_initialized():
+            dist.barrier()
             dist.destroy_process_group()
 
 

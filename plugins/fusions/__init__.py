@@ -2,7 +2,7 @@
 
 Every head is built as ``builder(config, input_dims={encoder_name: output_dim})``, exposes
 ``output_dim`` and excludes a modality missing from a sample through the presence mask (see
-``mmfuse_plugins.fusions.masking``). docs/fusion_and_tasks.md describes each one.
+``mmfuse.masking``). docs/fusion_and_tasks.md describes each one.
 """
 
 from __future__ import annotations

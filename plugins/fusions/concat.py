@@ -7,7 +7,7 @@ from torch import Tensor, nn
 
 from mmfuse.contracts import EncoderOutput, FusionHead
 from mmfuse_plugins.fusions import ConcatFusionConfig
-from mmfuse_plugins.fusions.masking import present_pooled
+from mmfuse.masking import present_pooled
 from mmfuse_plugins.fusions.mlp import make_mlp
 
 __all__ = ["ConcatFusion", "build_concat_fusion"]

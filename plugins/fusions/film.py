@@ -8,7 +8,7 @@ from torch import Tensor, nn
 
 from mmfuse.contracts import EncoderOutput, FusionHead, masked_mean
 from mmfuse_plugins.fusions import FilmFusionConfig
-from mmfuse_plugins.fusions.masking import present_tokens, zero_absent
+from mmfuse.masking import present_tokens, zero_absent
 from mmfuse_plugins.fusions.pooling import ProjectedModalities
 
 __all__ = ["FilmFusion", "build_film_fusion"]

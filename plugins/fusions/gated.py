@@ -8,7 +8,7 @@ from torch import Tensor, nn
 
 from mmfuse.contracts import EncoderOutput, FusionHead
 from mmfuse_plugins.fusions import GatedFusionConfig
-from mmfuse_plugins.fusions.masking import masked_softmax, present_pooled
+from mmfuse.masking import masked_softmax, present_pooled
 
 __all__ = ["GatedFusion", "build_gated_fusion"]
 

@@ -8,7 +8,7 @@ from torch import Tensor, nn
 
 from mmfuse.contracts import EncoderOutput, FusionHead
 from mmfuse_plugins.fusions import AttentionFusionConfig, PoolingFusionConfig
-from mmfuse_plugins.fusions.masking import masked_softmax, present_pooled, zero_absent
+from mmfuse.masking import masked_softmax, present_pooled, zero_absent
 
 __all__ = [
     "ProjectedModalities",

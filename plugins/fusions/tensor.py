@@ -15,7 +15,7 @@ from torch import Tensor, nn
 
 from mmfuse.contracts import EncoderOutput, FusionHead
 from mmfuse_plugins.fusions import LowRankFusionConfig, TensorFusionConfig
-from mmfuse_plugins.fusions.masking import present_pooled, zero_absent
+from mmfuse.masking import present_pooled, zero_absent
 from mmfuse_plugins.fusions.mlp import make_mlp
 
 __all__ = ["TensorFusion", "LowRankFusion", "build_tensor_fusion", "build_low_rank_fusion"]

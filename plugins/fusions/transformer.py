@@ -7,7 +7,7 @@ from torch import Tensor, nn
 
 from mmfuse.contracts import EncoderOutput, FusionHead, masked_mean
 from mmfuse_plugins.fusions import TransformerFusionConfig
-from mmfuse_plugins.fusions.masking import present_pooled, present_tokens
+from mmfuse.masking import present_pooled, present_tokens
 
 __all__ = ["TransformerFusion", "build_transformer_fusion"]
 

@@ -14,7 +14,7 @@ import torchmetrics
 from torch import Tensor, nn
 
 from mmfuse.contracts import EncoderOutput, Task
-from mmfuse_plugins.fusions.masking import present_pooled
+from mmfuse.masking import present_pooled
 from mmfuse_plugins.tasks import ContrastiveConfig
 from mmfuse_plugins.tasks.gather import distributed_world, gather_with_local_grad
 

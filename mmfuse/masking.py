@@ -1,5 +1,5 @@
-"""Presence masking for fusion heads: which (sample, modality) pairs are real, and how to keep the
-content of absent ones out of every computation.
+"""Presence masking for fusion heads and tasks: which (sample, modality) pairs are real, and how to
+keep the content of absent ones out of every computation. Public helpers for plugin authors.
 
 Two rules hold in every built-in head:
 

@@ -77,6 +77,7 @@ def test_truncated_checkpoint_falls_back_with_warning(tmp_path):
             find_resumable(tmp_path)
 
 
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol:UserWarning")  # torch reading the garbage file
 def test_resume_continues_from_fallback_checkpoint(tmp_path):
     recipe = tiny_recipe(trainer={"epochs": 3, "progress": "off", "tensorboard": "off", "checkpoint": {"keep_last": 3}})
     full = make_trainer(recipe, tmp_path / "full", val=False)

@@ -44,14 +44,22 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({"components": rows, "failures": failures}, indent=2))
         return EXIT_OK
+    cells = [
+        (
+            row["name"],
+            ", ".join(row["aliases"]),
+            f"{row['distribution'] or row['plugin']} {row['version'] or ''}".strip(),
+            row["description"],
+        )
+        for row in rows
+    ]
+    widths = [max((len(cell[i]) for cell in cells), default=0) for i in range(3)]
     kind = None
-    for row in rows:
+    for row, (name, aliases, provider, description) in zip(rows, cells):
         if row["kind"] != kind:
             kind = row["kind"]
             print(f"\n{kind}s:")
-        aliases = f" (alias: {', '.join(row['aliases'])})" if row["aliases"] else ""
-        provider = f"{row['distribution'] or row['plugin']} {row['version'] or ''}".strip()
-        print(f"  {row['name']:<28}{aliases:<24} {provider:<16} {row['description']}")
+        print(f"  {name:<{widths[0]}}  {aliases:<{widths[1]}}  {provider:<{widths[2]}}  {description}")
     if failures:
         print("\nplugins that failed to load:")
         for f in failures:

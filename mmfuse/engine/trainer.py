@@ -372,10 +372,30 @@ class Trainer:
 
     def _validate(self) -> None:
         assert self.val_dataset is not None
-        self.last_val_metrics = self.evaluate(self.val_dataset, prefix="val")
+        try:
+            self.last_val_metrics = self.evaluate(self.val_dataset, prefix="val")
+        except EvaluationInterrupted:
+            raise
+        except Exception:
+            self._save_before_failed_validation()
+            raise
         self.last_eval_step = self.global_step
         self.eval_pending = False
         self._call("on_validation_end", self.last_val_metrics)
+
+    def _save_before_failed_validation(self) -> None:
+        """Validation runs at a step boundary, so the training state is consistent: keep it, so
+        that bad validation data (found only when a worker decodes it) costs no training. Under
+        DDP the other ranks may be inside a collective, so nothing is attempted there."""
+        if self.context.is_distributed:
+            return
+        self.eval_pending = True
+        path = self.save_checkpoint()
+        self.log(
+            f"validation failed at step {self.global_step}; the training state was saved to {path}. "
+            f"Fix the problem, then resume with `mmfuse train <recipe> --resume {self.run_dir}` "
+            "(the validation runs again first)."
+        )
 
     def evaluate(self, dataset: Dataset, prefix: str = "val") -> dict[str, float]:
         """Loss, each task's loss and each task's metrics over ``dataset`` (split across ranks,

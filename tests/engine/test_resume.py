@@ -119,3 +119,26 @@ def test_sigterm_writes_a_resumable_checkpoint(tmp_path):
     trainer = make_trainer(recipe, run_dir, val=False)
     result = trainer.fit(resume=run_dir)
     assert result.global_step == stopped_at + 4 and result.stop_reason == "max_steps"
+
+
+class BrokenRows(SyntheticRows):
+    """Validation data with one row that fails when it is read (like a corrupt media file)."""
+
+    def __getitem__(self, index):
+        if index == 7:
+            raise ValueError("row 7: cannot decode")
+        return super().__getitem__(index)
+
+
+def test_failed_validation_keeps_the_training_done_so_far(tmp_path, capsys):
+    recipe = tiny_recipe(trainer={"epochs": 2, "progress": "off", "tensorboard": "off"})
+    model = tiny_model(recipe)
+    trainer = Trainer(model, recipe, SyntheticRows(40), TinyCollate(model), val_dataset=BrokenRows(12, seed=1), run_dir=tmp_path)
+    with pytest.raises(ValueError, match="cannot decode"):
+        trainer.fit()
+    assert [c.name for c in list_checkpoints(tmp_path / "checkpoints")] == ["step-00000010"]
+    assert "--resume" in capsys.readouterr().out
+    fixed = make_trainer(recipe, tmp_path, seed=5)
+    result = fixed.fit(resume=tmp_path)
+    assert result.global_step == 20 and result.epochs_completed == 2
+    assert len(result.history) == 2  # epoch 1's evaluation ran again first, then epoch 2

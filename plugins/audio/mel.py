@@ -25,9 +25,6 @@ class LogMelSpectrogram(nn.Module):
         self.mel = torchaudio.transforms.MelSpectrogram(
             sample_rate=config.sample_rate, n_fft=config.n_fft, hop_length=config.hop_length, n_mels=config.n_mels
         )
-        # a periodic Hann window is a view into an (n_fft + 1)-element storage, which safetensors'
-        # save_model (engine checkpoints) refuses to write: keep a compact copy
-        self.mel.spectrogram.window = self.mel.spectrogram.window.clone()
         self.hop_length = config.hop_length
         self.mean = config.mel_mean
         self.std = config.mel_std

@@ -37,7 +37,8 @@ import mmfuse
 from mmfuse.model import FusedModel, build_fused_model
 from mmfuse.recipe import Recipe, RecipeError, parse_recipe
 from mmfuse.registry import ComponentLoadError, Registry, UnknownComponentError
-from mmfuse.weights import WeightsError, fsync_file, load_state_strictly, read_state_dict, write_state_dict
+from mmfuse.atomic import replace_folder, write_text_synced
+from mmfuse.weights import WeightsError, load_state_strictly, read_state_dict, write_state_dict
 
 __all__ = [
     "FORMAT_VERSION",
@@ -79,7 +80,7 @@ def save(model: FusedModel, path: str | os.PathLike[str], recipe: Recipe, regist
     try:
         raw, asset_paths = _recipe_with_assets(model, recipe, staging)
         weights = {"file": WEIGHTS_FILE, **write_state_dict(model, staging / WEIGHTS_FILE)}
-        _write_text(staging / RECIPE_FILE, yaml.safe_dump(raw, sort_keys=False))
+        write_text_synced(staging / RECIPE_FILE, yaml.safe_dump(raw, sort_keys=False))
         _write_json(staging / PREPROCESSING_FILE, _preprocessing(model, recipe))
         _write_json(staging / LABELS_FILE, _labels(recipe))
         components = _components(model, recipe, registry)
@@ -91,7 +92,7 @@ def save(model: FusedModel, path: str | os.PathLike[str], recipe: Recipe, regist
             "asset_paths": asset_paths,
         }
         _write_json(staging / MANIFEST_FILE, manifest)
-        _swap_into_place(staging, target)
+        replace_folder(staging, target)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -106,16 +107,6 @@ def _check_replaceable(target: Path) -> None:
             f"{target} is a non-empty folder that is not an mmfuse model folder; refusing to replace "
             f"it. Choose an empty or new path."
         )
-
-
-def _swap_into_place(staging: Path, target: Path) -> None:
-    if not target.exists():
-        os.replace(staging, target)
-        return
-    old = target.with_name(f".{target.name}.old-{os.getpid()}")
-    os.replace(target, old)
-    os.replace(staging, target)
-    shutil.rmtree(old, ignore_errors=True)
 
 
 def _recipe_with_assets(model: FusedModel, recipe: Recipe, folder: Path) -> tuple[dict[str, Any], dict[str, str]]:
@@ -362,10 +353,5 @@ def _plain(value: Any) -> Any:
     return str(value)
 
 
-def _write_text(file: Path, text: str) -> None:
-    file.write_text(text)
-    fsync_file(file)
-
-
 def _write_json(file: Path, data: Any) -> None:
-    _write_text(file, json.dumps(data, indent=2, sort_keys=False) + "\n")
+    write_text_synced(file, json.dumps(data, indent=2, sort_keys=False) + "\n")

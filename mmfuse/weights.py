@@ -5,14 +5,15 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 from typing import Any, Mapping
 
 import torch
 from torch import nn
 
-__all__ = ["WeightsError", "write_state_dict", "read_state_dict", "load_state_strictly", "sha256_of", "fsync_file"]
+from mmfuse.atomic import fsync_file
+
+__all__ = ["WeightsError", "write_state_dict", "read_state_dict", "load_state_strictly", "sha256_of"]
 
 
 class WeightsError(ValueError):
@@ -93,11 +94,6 @@ def load_state_strictly(module: nn.Module, state: Mapping[str, torch.Tensor], fi
             + ". The recipe or a plugin's architecture changed since the folder was saved."
         )
     module.load_state_dict(dict(state), strict=True)
-
-
-def fsync_file(file: Path) -> None:
-    with open(file, "rb+") as handle:
-        os.fsync(handle.fileno())
 
 
 def sha256_of(file: Path) -> str:

@@ -29,6 +29,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from mmfuse.atomic import replace_folder, write_text_synced
 from mmfuse.weights import read_state_dict, write_state_dict
 
 __all__ = [
@@ -67,20 +68,6 @@ def checkpoint_name(step: int) -> str:
     return f"{_PREFIX}{step:08d}"
 
 
-def _fsync_dir(path: Path) -> None:
-    # directories can be fsync'ed on POSIX only; elsewhere the rename is the best we get
-    try:
-        descriptor = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(descriptor)
-    except OSError:
-        pass
-    finally:
-        os.close(descriptor)
-
-
 def save_checkpoint(
     folder: Path, step: int, model: nn.Module, state: dict[str, Any], meta: dict[str, Any]
 ) -> Path:
@@ -97,19 +84,8 @@ def save_checkpoint(
         torch.save(state, handle)
         handle.flush()
         os.fsync(handle.fileno())
-    with open(temporary / META_FILE, "w", encoding="utf-8") as handle:
-        json.dump({**meta, "step": step}, handle, indent=2)
-        handle.flush()
-        os.fsync(handle.fileno())
-    _fsync_dir(temporary)
-    if final.exists():
-        stale = folder / f".stale-{final.name}-{os.getpid()}"
-        os.replace(final, stale)
-        os.replace(temporary, final)
-        shutil.rmtree(stale, ignore_errors=True)
-    else:
-        os.replace(temporary, final)
-    _fsync_dir(folder)
+    write_text_synced(temporary / META_FILE, json.dumps({**meta, "step": step}, indent=2))
+    replace_folder(temporary, final)
     return final
 
 

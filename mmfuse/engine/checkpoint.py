@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from mmfuse.atomic import replace_folder, write_text_synced
-from mmfuse.weights import read_state_dict, write_state_dict
+from mmfuse.weights import WeightsError, load_state_strictly, read_state_dict, write_state_dict
 
 __all__ = [
     "CheckpointError",
@@ -144,14 +144,10 @@ def find_resumable(location: Path) -> Checkpoint:
     raise CheckpointError(f"every checkpoint under {folder} is unreadable")
 
 
-def load_model_weights(model: nn.Module, weights: dict[str, torch.Tensor]) -> None:
-    """Copy weights into ``model``; tied parameters stored once (checkpoints written before
-    aliases were recorded) count as present."""
-    missing, unexpected = model.load_state_dict(weights, strict=False)
-    if unexpected:
-        raise CheckpointError(f"checkpoint has weights the model lacks: {sorted(unexpected)[:5]}")
-    current = model.state_dict()
-    loaded = {current[key].data_ptr() for key in weights if key in current}
-    absent = [key for key in missing if current[key].data_ptr() not in loaded]
-    if absent:
-        raise CheckpointError(f"checkpoint lacks weights of the model: {sorted(absent)[:5]}")
+def load_model_weights(model: nn.Module, weights: dict[str, torch.Tensor], path: Path) -> None:
+    """Copy a checkpoint's weights into ``model`` strictly (every key, every shape); a mismatch is
+    a CheckpointError listing all of them."""
+    try:
+        load_state_strictly(model, weights, path / WEIGHTS_FILE)
+    except WeightsError as exc:
+        raise CheckpointError(f"cannot resume from {path}: {exc}") from exc

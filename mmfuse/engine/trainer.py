@@ -461,7 +461,7 @@ class Trainer:
 
     def _restore(self, checkpoint: Checkpoint) -> None:
         state = checkpoint.state
-        load_model_weights(self.model, {k: v.to(self.device) for k, v in checkpoint.weights.items()})
+        load_model_weights(self.model, {k: v.to(self.device) for k, v in checkpoint.weights.items()}, checkpoint.path)
         for index in state["stages_applied"]:
             apply_stage(self.model, self.recipe, self.optimizer, self.config.stages[index], index)
             self.stages_applied.append(index)

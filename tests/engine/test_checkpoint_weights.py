@@ -3,9 +3,10 @@ model folder (tied weights, views of a shared buffer) can be checkpointed and re
 
 from __future__ import annotations
 
+import pytest
 import torch
 
-from mmfuse.engine.checkpoint import load_model_weights, read_checkpoint, save_checkpoint
+from mmfuse.engine.checkpoint import CheckpointError, load_model_weights, read_checkpoint, save_checkpoint
 from mmfuse.engine.trainer import Trainer
 from tests.engine.stop_after import StopAfter
 from tests.engine.tiny import SyntheticRows, TinyCollate, tiny_model, tiny_recipe, weights
@@ -29,7 +30,7 @@ def test_checkpoint_round_trips_views_and_tied_weights(tmp_path):
 
     fresh = with_shared_tensors(tiny_model(tiny_recipe(), seed=5))
     fresh.fusion.filterbank.zero_()
-    load_model_weights(fresh, checkpoint.weights)
+    load_model_weights(fresh, checkpoint.weights, path)
     for name, tensor in model.state_dict().items():
         assert torch.equal(fresh.state_dict()[name], tensor), name
     assert fresh.fusion.band.data_ptr() != fresh.fusion.filterbank.data_ptr()  # still a view, at an offset
@@ -53,3 +54,11 @@ def test_fit_and_resume_a_model_with_views_and_tied_weights(tmp_path):
     expected = weights(full.model)
     for name, tensor in weights(resumed.model).items():
         assert torch.equal(tensor, expected[name]), name
+
+
+def test_resuming_into_a_different_model_lists_every_mismatch(tmp_path):
+    path = save_checkpoint(tmp_path, 3, tiny_model(tiny_recipe()), {"format": 1}, {"epoch": 0})
+    other = tiny_model(tiny_recipe(encoders={"feats": {"type": "mmfuse/vector", "input_dim": 6, "output_dim": 4}}))
+    with pytest.raises(CheckpointError, match="cannot resume from") as caught:
+        load_model_weights(other, read_checkpoint(path).weights, path)
+    assert "shape mismatches" in str(caught.value) and "encoders.feats" in str(caught.value)

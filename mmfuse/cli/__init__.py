@@ -18,6 +18,7 @@ EXIT_OK, EXIT_FAILURE, EXIT_BAD_INPUT = 0, 1, 2
 #: sub-command -> module with ``HELP``, ``add_arguments(parser)`` and ``run(args) -> int``
 COMMANDS = {
     "train": "mmfuse.cli.train",
+    "chain": "mmfuse.cli.chain",
     "eval": "mmfuse.cli.eval",
     "predict": "mmfuse.cli.predict",
     "demo": "mmfuse.cli.demo",

@@ -7,6 +7,7 @@ here lets a recipe add them explicitly (with their own settings).
 
 from __future__ import annotations
 
+from mmfuse.chain_config import InitFromConfig
 from mmfuse.engine.config import EarlyStoppingConfig, TensorBoardConfig
 from mmfuse.hookspecs import hookimpl
 
@@ -26,4 +27,10 @@ def mmfuse_register_callbacks(register) -> None:
         builder="mmfuse.engine.loggers:build_tensorboard",
         config=TensorBoardConfig,
         description="log metrics to TensorBoard (needs the tensorboard package)",
+    )
+    register(
+        "mmfuse/init_from",
+        builder="mmfuse.weight_transfer:build_init_from",
+        config=InitFromConfig,
+        description="start from another run's weights, module by module (map), listing anything not loaded",
     )

@@ -77,6 +77,35 @@ class Preprocessor:
         """Plain-data preprocessing settings saved with a model folder (size, mean/std, rate...)."""
         return {}
 
+    def fit(self, values: Sequence[Any]) -> dict[str, Any]:
+        """Learn from the training split once, before training (optional; default: nothing).
+
+        Called by :func:`mmfuse.run.prepare` in the main process, after the datasets are built and
+        before any loader starts, with the raw values of this encoder's column in the training
+        split (rows without the modality and rows skipped as bad left out; file paths resolved).
+        Use it for what must come from the data: a vocabulary, ``mean: auto`` statistics. The
+        preprocessor updates itself and the state it shares with its encoder, so that
+        ``settings()`` and ``Encoder.export_assets`` report the learned values and the model
+        folder predicts with them. Must be deterministic (a resumed run fits again).
+
+        Returns the learned values as encoder config overrides (``{"mean": [...]}``); they are
+        written into the run's resolved recipe. Return ``{}`` for what lives in asset files."""
+        return {}
+
+    def augment(self, tensors: dict[str, Tensor], generator: torch.Generator) -> dict[str, Tensor]:
+        """Random training-time transform of one preprocessed sample (optional; default: none).
+
+        Applied by the training dataset only (never in evaluation or prediction), AFTER the
+        deterministic ``__call__`` — a cache of preprocessed samples stores ``__call__``'s output
+        and augments after reading it. ``tensors`` is ``__call__``'s output (do not modify it in
+        place: it may be a cached copy); return tensors of the same names, dtypes and (unless
+        ``collate`` pads them) shapes. Draw every random number from ``generator``: the dataset
+        seeds it from (recipe seed, epoch, sample index, encoder name), so augmentation is
+        reproducible and bit-identical after a resume, whatever worker runs it. Libraries that
+        use the global RNG (torchvision transforms) run under
+        :func:`mmfuse.data.augmentation.seeded_global_rng`."""
+        return tensors
+
 
 class Encoder(nn.Module):
     """Uniform interface of every encoder, so the engine never special-cases a plugin.

@@ -19,6 +19,7 @@ import torch
 
 from mmfuse.data.collate import BatchCollator
 from mmfuse.data.dataset import ManifestDataset, build_dataset
+from mmfuse.data.fitting import fit_preprocessors
 from mmfuse.data.sources import DataSplits, load_splits, resolve_data_path
 from mmfuse.data.targets import fit_task_targets
 from mmfuse.model import FusedModel, build_fused_model
@@ -92,11 +93,13 @@ def prepare(recipe: Recipe, registry: Registry | None = None, splits: DataSplits
             return None
         return build_dataset(manifest, recipe, model, preprocessors=preprocessors, training=training)
 
+    train = dataset(splits.train, training=True)
+    fit_preprocessors(recipe, train)  # vocabularies, `auto` statistics: learned from the training split
     return PreparedRun(
         recipe=recipe,
         model=model,
         collate=BatchCollator(preprocessors, dict(model.tasks.items())),
-        train=dataset(splits.train, training=True),
+        train=train,
         val=dataset(splits.val),
         test=dataset(splits.test),
     )

@@ -18,6 +18,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from mmfuse.contracts import Preprocessor, SampleError, Task
+from mmfuse.data.augmentation import augment_inputs
 from mmfuse.data.errors import DataError
 from mmfuse.data.manifest import Manifest, Row
 
@@ -76,6 +77,8 @@ class ManifestDataset(Dataset):
         self._skip_reasons: dict[int, str] = {}
         self._targets: list[dict[str, Tensor]] = []
         self._logged = 0
+        #: set on the training split only: seed of ``Preprocessor.augment`` (mmfuse.data.augmentation)
+        self.augmentation_seed: int | None = None
         self._check_columns(check_columns)
         problems = self._encode_targets(targets or {})
         problems += self._check_rows(check_files)
@@ -98,7 +101,9 @@ class ManifestDataset(Dataset):
                     raise
                 self._log_skip(error)
                 return Skipped(str(error))
-        return Sample(inputs=inputs, targets=self._targets[index], index=index)
+        if self.augmentation_seed is not None:  # after the deterministic (cacheable) preprocessing
+            inputs = augment_inputs(inputs, self.preprocessors, index, self.augmentation_seed)
+        return Sample(inputs=inputs, targets=self._targets[index], index=int(index))
 
     # ------------------------------------------------------------------ reading one value
 
@@ -213,7 +218,7 @@ def build_dataset(
         targets = {
             name: (recipe.target_of(name), task) for name, task in model.tasks.items() if task.needs_target
         }
-    return ManifestDataset(
+    dataset = ManifestDataset(
         manifest,
         columns={name: recipe.column_of(name) for name in model.encoders},
         preprocessors=preprocessors,
@@ -222,3 +227,6 @@ def build_dataset(
         check_files=recipe.data.check_files,
         check_columns=training,
     )
+    if training:  # augmentation (Preprocessor.augment) happens on the training split only
+        dataset.augmentation_seed = int(getattr(recipe, "seed", 0))
+    return dataset

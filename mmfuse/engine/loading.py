@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from mmfuse.data.augmentation import SampleIndex
 from mmfuse.data.config import DataConfig
 
 __all__ = ["ResumableDistributedSampler", "build_loader", "batches_per_epoch", "start_epoch", "move_to_device"]
@@ -75,7 +76,8 @@ class ResumableDistributedSampler(Sampler[int]):
         return order[: self.total][self.rank :: self.world_size]
 
     def __iter__(self) -> Iterator[int]:
-        return iter(self._order()[self.start :])
+        # indices carry the epoch to the workers: augmentation is seeded by (seed, epoch, index)
+        return (SampleIndex(index, self.epoch) for index in self._order()[self.start :])
 
     def __len__(self) -> int:
         return max(0, self.per_rank - self.start)

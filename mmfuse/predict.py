@@ -120,6 +120,10 @@ class Predictor:
             return self.preprocessors[encoder](value)
         except SampleError as exc:
             raise SampleError(f"sample {index}, column '{column}': {exc}") from exc
+        except (OSError, ValueError, RuntimeError, EOFError) as exc:
+            # a decoder's own error (the types the training Dataset also treats as a bad sample):
+            # the caller's input is bad, which a server must answer as such, not as a crash
+            raise SampleError(f"sample {index}, column '{column}': cannot read it ({type(exc).__name__}: {exc})") from exc
 
     def _run(self, samples: Sequence[Sample]):
         """Yield (task outputs, batch size) per internal batch."""

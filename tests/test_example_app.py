@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import socket
 import subprocess
 import sys
 import threading
@@ -40,7 +41,7 @@ def model_folder(tmp_path):
 
 @pytest.fixture
 def base_url(model_folder):
-    server = _server_module().make_server(str(model_folder[0].parent), port=0)
+    server = _server_module().make_server(str(model_folder[0].parent), port=0, read_timeout=1.0)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     host, port = server.server_address[:2]
@@ -106,3 +107,66 @@ def test_command_line_server_starts_and_answers(model_folder):
         watchdog.cancel()
         process.terminate()
         process.wait(timeout=10)
+
+
+# --------------------------------------------------------------------------- hostile requests
+
+
+def _raw_exchange(base_url: str, head: bytes, body: bytes = b"", timeout: float = 20) -> tuple[int, dict]:
+    """Send a hand-written request, read until the server closes; (status, JSON answer)."""
+    host, port = base_url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=timeout) as connection:
+        connection.sendall(head + body)
+        received = b""
+        while chunk := connection.recv(65536):
+            received += chunk
+            if b"\r\n\r\n" in received:
+                header, _, rest = received.partition(b"\r\n\r\n")
+                length = int(next(line.split(b":")[1] for line in header.split(b"\r\n") if line.lower().startswith(b"content-length")))
+                if len(rest) >= length:
+                    return int(header.split()[1]), json.loads(rest[:length])
+    raise AssertionError(f"the server closed the connection without a full answer: {received[:200]!r}")
+
+
+def test_content_length_that_is_not_a_number_is_a_400(base_url):
+    status, answer = _raw_exchange(base_url, b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n")
+    assert status == 400 and "Content-Length" in answer["error"]
+
+
+def test_deeply_nested_json_is_a_400(base_url):
+    status, answer = _call(f"{base_url}/predict", raw=b"[" * 200_000 + b"]" * 200_000)
+    assert status == 400 and "nested too deeply" in answer["error"]
+
+
+def test_oversized_body_gets_its_400_before_the_connection_closes(base_url):
+    body = b"x" * (11 * 1024 * 1024)
+    head = f"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+    status, answer = _raw_exchange(base_url, head, body)
+    assert status == 400 and "1 to 10485760 bytes" in answer["error"]
+
+
+def test_body_shorter_than_its_content_length_times_out(base_url):
+    host, port = base_url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=20) as connection:
+        connection.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{\"samples\"")
+        answer = b""
+        while chunk := connection.recv(65536):  # the server gives up after its 1 s read timeout
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 408") and b"did not arrive within 1.0 s" in answer
+
+
+def test_forty_concurrent_clients_are_all_answered(base_url):
+    assert _server_module().LISTEN_BACKLOG >= 32
+    barrier = threading.Barrier(40)
+    results: list[int] = []
+
+    def client() -> None:
+        barrier.wait(timeout=30)
+        results.append(_call(f"{base_url}/predict", {"samples": VECTOR_SAMPLES[:1]})[0])
+
+    threads = [threading.Thread(target=client) for _ in range(40)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert results == [200] * 40

@@ -115,7 +115,7 @@ class ManifestDataset(Dataset):
         if preprocessor.reads_files and isinstance(value, str):
             path = self.manifest.resolve(value)
             if not path.is_file():
-                raise self._error(row, column, f"file not found: {path}")
+                raise self._error(row, column, _not_a_file(path))
             value = str(path)
         try:
             return preprocessor(value)
@@ -180,7 +180,7 @@ class ManifestDataset(Dataset):
             for column in file_columns.values():
                 value = row.values.get(column)
                 if isinstance(value, str) and not self.manifest.resolve(value).is_file():
-                    problems.append((index, self._error(row, column, f"file not found: {self.manifest.resolve(value)}")))
+                    problems.append((index, self._error(row, column, _not_a_file(self.manifest.resolve(value)))))
         return problems
 
     def _handle(self, problems: list[tuple[int, DataError]]) -> None:
@@ -197,6 +197,12 @@ class ManifestDataset(Dataset):
             "%s: %d of %d rows will be skipped (data.on_bad_sample=skip); first: %s",
             self.manifest.path, len(self._skip_reasons), len(self.manifest), problems[0][1],
         )
+
+
+def _not_a_file(path: Any) -> str:
+    if path.is_dir():
+        return f"{path} is a folder, not a file; name the media file inside it"
+    return f"file not found: {path}"
 
 
 def build_dataset(

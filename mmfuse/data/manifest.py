@@ -82,6 +82,11 @@ def read_manifest(
 
         registry = get_registry()
     path = Path(path)
+    if path.is_dir():
+        raise DataError(
+            f"{role} manifest {path.absolute()} is a folder, not a file; give the manifest file inside it "
+            f"(a .jsonl, .csv or .tsv file)"
+        )
     if not path.is_file():
         raise DataError(f"{role} manifest not found: {path.absolute()}")
     name, defaults = reader_name_for(path, format)

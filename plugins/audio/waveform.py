@@ -3,6 +3,7 @@ padding a batch of waveforms with an attention mask. CPU only; runs in DataLoade
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -15,11 +16,14 @@ from mmfuse.contracts import Preprocessor, SampleError
 __all__ = ["load_mono_waveform", "WaveformPreprocessor"]
 
 
-def load_mono_waveform(value: Any, sample_rate: int) -> Tensor:
+def load_mono_waveform(value: Any, sample_rate: int, max_seconds: float | None = None) -> Tensor:
     """A mono float32 waveform ``[T]`` at ``sample_rate`` from a file path (wav/flac/ogg, read by
-    soundfile) or an ``(array, rate)`` pair (array ``[T]`` or ``[T, channels]``)."""
+    soundfile) or an ``(array, rate)`` pair (array ``[T]`` or ``[T, channels]``).
+
+    ``max_seconds``: read and resample only the first ``max_seconds`` (cropping after resampling
+    lets a file that declares a tiny rate, e.g. 1 Hz, blow up to gigabytes first)."""
     if isinstance(value, (str, Path)):
-        samples, rate = _read_audio_file(Path(value))
+        samples, rate = _read_audio_file(Path(value), max_seconds)
         where = str(value)
     elif isinstance(value, tuple) and len(value) == 2:
         samples, rate = np.asarray(value[0], dtype=np.float32), value[1]
@@ -30,6 +34,8 @@ def load_mono_waveform(value: Any, sample_rate: int) -> Tensor:
         )
     if not isinstance(rate, (int, np.integer)) or rate <= 0:
         raise SampleError(f"{where}: sample rate must be a positive integer, got {rate!r}")
+    if max_seconds is not None and isinstance(rate, (int, np.integer)) and rate > 0:
+        samples = samples[: _frames_for(max_seconds, int(rate))]
     if samples.ndim == 2:
         samples = samples.mean(axis=1)
     if samples.ndim != 1 or samples.shape[0] == 0:
@@ -44,13 +50,22 @@ def load_mono_waveform(value: Any, sample_rate: int) -> Tensor:
     return waveform
 
 
-def _read_audio_file(path: Path) -> tuple[np.ndarray, int]:
+def _frames_for(max_seconds: float, rate: int) -> int:
+    """Input frames covering ``max_seconds`` at ``rate``, plus one for the resampler's edge."""
+    return max(1, math.ceil(max_seconds * rate) + 1)
+
+
+def _read_audio_file(path: Path, max_seconds: float | None = None) -> tuple[np.ndarray, int]:
     import soundfile
 
     if not path.is_file():
         raise SampleError(f"audio file not found: {path}")
     try:
-        samples, rate = soundfile.read(str(path), dtype="float32", always_2d=True)
+        frames = -1
+        if max_seconds is not None:
+            rate = soundfile.info(str(path)).samplerate
+            frames = _frames_for(max_seconds, rate) if rate > 0 else -1
+        samples, rate = soundfile.read(str(path), frames=frames, dtype="float32", always_2d=True)
     except (soundfile.LibsndfileError, RuntimeError, TypeError, ValueError) as exc:
         raise SampleError(f"cannot read audio {path}: corrupt or unsupported file ({exc})") from exc
     return samples, rate
@@ -72,7 +87,7 @@ class WaveformPreprocessor(Preprocessor):
         self.max_samples = max(1, int(round(max_seconds * sample_rate)))
 
     def __call__(self, value: Any) -> dict[str, Tensor]:
-        waveform = load_mono_waveform(value, self.sample_rate)[: self.max_samples]
+        waveform = load_mono_waveform(value, self.sample_rate, self.max_seconds)[: self.max_samples]
         if self.normalize:
             waveform = (waveform - waveform.mean()) / torch.sqrt(waveform.var(unbiased=False) + 1e-7)
         return {"waveform": waveform}

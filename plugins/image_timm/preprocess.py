@@ -36,6 +36,11 @@ def _open_image_file(path: Path) -> Image.Image:
         with Image.open(path) as handle:
             handle.load()  # decode now so a truncated file fails here, not in the transform
             return handle.copy()
+    except Image.DecompressionBombError as exc:  # not an OSError: it would escape as a crash
+        raise SampleError(
+            f"image {path} is too large to decode safely ({exc}); shrink it, or raise "
+            f"PIL.Image.MAX_IMAGE_PIXELS if such images are expected"
+        ) from exc
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise SampleError(f"cannot read image {path}: corrupt or unsupported file ({exc})") from exc
 

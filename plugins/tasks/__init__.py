@@ -46,7 +46,8 @@ class ClassificationConfig(BaseModel):
         """Learn the label vocabulary from the training targets (sorted, stable)."""
         if self.labels is not None:
             return self
-        unique = {str(v): v for v in values if v is not None}
+        # a list or dict is not a label: encode_target rejects its row with line and column
+        unique = {str(v): v for v in values if v is not None and not isinstance(v, (list, dict))}
         labels = [unique[key] for key in sorted(unique, key=_label_sort_key)]
         return self.model_copy(update={"labels": labels})
 

@@ -40,6 +40,8 @@ class ClassificationTask(Task):
     def encode_target(self, value: Any) -> Tensor:
         if value is None:
             raise SampleError("missing label")
+        if isinstance(value, (list, dict)):
+            raise SampleError(f"a label is one value (text or a number), got a {type(value).__name__}: {value!r:.60}")
         index = self.index.get(str(value))
         if index is None:
             known = ", ".join(repr(label) for label in self.labels[:10])

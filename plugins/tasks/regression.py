@@ -28,6 +28,8 @@ class RegressionTask(Task):
 
     def encode_target(self, value: Any) -> Tensor:
         values = value if isinstance(value, (list, tuple)) else [value]
+        if any(isinstance(v, bool) for v in values):  # float(True) is 1.0: a boolean is not a measurement
+            raise SampleError(f"regression target must be a number (or list of numbers), got {value!r}")
         try:
             numbers = [float(v) for v in values]
         except (TypeError, ValueError) as exc:

@@ -21,6 +21,10 @@ class VectorPreprocessor(Preprocessor):
         self.input_dim = input_dim
 
     def __call__(self, value: Any) -> dict[str, Tensor]:
+        if isinstance(value, str):  # a CSV cell; iterating the string would read its characters
+            value = _numbers_in_text(value)
+        if isinstance(value, (dict, bool)) or not hasattr(value, "__iter__"):
+            raise SampleError(f"expected a list of {self.input_dim} numbers, got {value!r:.80}")
         try:
             values = [float(v) for v in value]
         except (TypeError, ValueError) as exc:
@@ -37,6 +41,11 @@ class VectorPreprocessor(Preprocessor):
 
     def settings(self) -> dict[str, Any]:
         return {"input_dim": self.input_dim}
+
+
+def _numbers_in_text(text: str) -> list[str]:
+    """``"[1, 2.5]"``, ``"1,2.5"`` or ``"1 2.5"`` -> its number strings (converted by the caller)."""
+    return [part for part in text.strip().strip("[]").replace(",", " ").split() if part]
 
 
 class VectorEncoder(Encoder):

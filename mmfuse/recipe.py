@@ -17,15 +17,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from mmfuse.data.config import DataConfig
 from mmfuse.engine.config import OptimizerConfig, SchedulerConfig, TrainerConfig
-from mmfuse.recipe_problems import (
-    Problem,
-    RecipeError,
-    RecipeSource,
-    apply_overrides,
-    pydantic_problems,
-    read_yaml,
-)
-from mmfuse.registry import ComponentLoadError, ComponentSpec, Registry, UnknownComponentError
+from mmfuse.recipe_overrides import apply_overrides
+from mmfuse.recipe_problems import Problem, RecipeError, RecipeSource, pydantic_problems
+from mmfuse.recipe_references import reference_problems, stratify_problem
+from mmfuse.recipe_yaml import read_recipe_file
+from mmfuse.registry import ComponentLoadError, ComponentSpec, Registry, UnknownComponentError, suggest
 
 __all__ = [
     "Problem",
@@ -93,18 +89,19 @@ _SLOT_KINDS: dict[str, tuple[type[_Strict], str]] = {
 
 
 class _RawRecipe(_Strict):
-    """Top-level shape; component slots stay raw dicts and are validated slot by slot."""
+    """Top-level shape; component slots stay raw and are validated slot by slot (so a bad slot
+    is reported once, by the slot's own validation)."""
 
     name: str = "mmfuse-run"
     seed: int = 0
     data: DataConfig = Field(default_factory=DataConfig)
-    encoders: dict[str, dict[str, Any]]
-    fusion: dict[str, Any]
-    tasks: dict[str, dict[str, Any]]
+    encoders: dict[str, Any]
+    fusion: Any
+    tasks: dict[str, Any]
     optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
     scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig)
     trainer: TrainerConfig = Field(default_factory=TrainerConfig)
-    callbacks: list[dict[str, Any]] = Field(default_factory=list)
+    callbacks: list[Any] = Field(default_factory=list)
     output_dir: str = Field("runs", description="run folders are created under this folder")
 
 
@@ -175,7 +172,15 @@ def _validate_slot(
     if not isinstance(type_name, str):
         line, where = source.locate(path + ("type",))
         names = ", ".join(registry.names(kind)[:12])
-        return None, [Problem(".".join(path + ("type",)), f"missing {kind} type; one of: {names}", line, where)]
+        problems = [Problem(".".join(path + ("type",)), f"missing {kind} type; one of: {names}", line, where)]
+        host_keys = set(slot_model.model_fields) - {"params"}
+        for key in raw:
+            if key not in host_keys and suggest(str(key), ["type"]) == "type":
+                key_line, key_where = source.locate(path + (str(key),))
+                problems.append(
+                    Problem(".".join(path + (str(key),)), f"unknown key '{key}'. Did you mean 'type'?", key_line, key_where)
+                )
+        return None, problems
     try:
         spec: ComponentSpec = registry.get(kind, type_name)
     except (UnknownComponentError, ComponentLoadError) as exc:
@@ -218,12 +223,13 @@ def _relative_to_recipe(value: Any, source: RecipeSource, path: tuple[str, ...])
     relative to the working directory; hub names and absolute paths are left alone."""
     if isinstance(value, list):
         return [_relative_to_recipe(item, source, path) for item in value]
-    if not isinstance(value, str) or source.file is None or path in source.overrides:
+    file = source.file_of(path)
+    if not isinstance(value, str) or file is None or path in source.overrides:
         return value
     match = _RECIPE_RELATIVE.match(value)
     if match is None:
         return value
-    resolved = (Path(source.file).resolve().parent / match["path"]).resolve()
+    resolved = (Path(file).resolve().parent / match["path"]).resolve()
     return f"{match['scheme'] or ''}{resolved}"
 
 #: attribute names of torch.nn.ModuleDict: a sub-module key equal to one of them cannot be added
@@ -299,7 +305,7 @@ def parse_recipe(
     for section, (slot_model, kind) in _SLOT_KINDS.items():
         value = raw.get(section)
         if section == "fusion":
-            if isinstance(value, dict):
+            if value is not None:
                 slot, found = _validate_slot(value, ("fusion",), slot_model, kind, registry, source)
                 problems += found
                 slots["fusion"] = slot
@@ -320,6 +326,8 @@ def parse_recipe(
                 line, where = source.locate((section,))
                 problems.append(Problem(section, f"at least one entry is needed under '{section}'", line, where))
 
+    if top is not None:
+        problems += _cross_reference_problems(top, slots, source, registry)
     if problems or top is None:
         raise RecipeError(problems, source.file)
     return Recipe(
@@ -338,6 +346,49 @@ def parse_recipe(
     )
 
 
+def _cross_reference_problems(top: _RawRecipe, slots: dict[str, Any], source: RecipeSource, registry: Registry) -> list[Problem]:
+    """Names that point at other parts of the recipe (encoders, metrics, columns) and are wrong."""
+    encoders = {name: slot.params if slot else None for name, slot in (slots.get("encoders") or {}).items()}
+    tasks = {name: slot.params if slot else None for name, slot in (slots.get("tasks") or {}).items()}
+    sections: dict[str, Any] = {"trainer": top.trainer}
+    for section in ("encoders", "tasks"):
+        for name, slot in (slots.get(section) or {}).items():
+            if slot is not None:
+                sections[f"{section}.{name}"] = slot.params
+    if slots.get("fusion") is not None:
+        sections["fusion"] = slots["fusion"].params
+    for index, slot in enumerate(slots.get("callbacks") or []):
+        if slot is not None:
+            sections[f"callbacks.{index}"] = slot.params
+    problems = reference_problems(sections, encoders, tasks, source)
+    split = top.data.split
+    if split is not None and split.stratify is not None and top.data.train is not None:
+        known = {str(raw.get("column") or name) for name, raw in top.encoders.items() if isinstance(raw, dict)}
+        known |= {str(raw.get("target") or name) for name, raw in top.tasks.items() if isinstance(raw, dict)}
+        message = stratify_problem(split.stratify, known, lambda: _manifest_columns(top, source, registry))
+        if message:
+            line, where = source.locate(("data", "split", "stratify"))
+            problems.append(Problem("data.split.stratify", message, line, where))
+    return problems
+
+
+def _manifest_columns(top: _RawRecipe, source: RecipeSource, registry: Registry) -> set[str] | None:
+    """Columns of the training manifest, or None when it cannot be read (checked again at training)."""
+    from mmfuse.data.errors import DataError
+    from mmfuse.data.manifest import read_manifest
+
+    assert top.data.train is not None
+    path = Path(top.data.train).expanduser()
+    file = source.file_of(("data", "train"))
+    if not path.is_absolute() and file is not None and ("data", "train") not in source.overrides:
+        path = Path(file).parent / path
+    try:
+        manifest = read_manifest(path, format=top.data.format, reader_options=top.data.reader_options, registry=registry)
+    except (DataError, OSError):
+        return None
+    return set(manifest.columns())
+
+
 def _deep_copy(value: Any) -> Any:
     if isinstance(value, dict):
         return {k: _deep_copy(v) for k, v in value.items()}
@@ -352,11 +403,6 @@ def load_recipe(
     registry: Registry | None = None,
 ) -> Recipe:
     """Read a recipe YAML file, apply dotted overrides, validate; raise RecipeError on problems."""
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise RecipeError([Problem("", f"cannot read recipe: {exc.strerror or exc}", None, str(path))], str(path)) from exc
-    raw, source = read_yaml(text, str(path))
+    raw, source = read_recipe_file(path)
     return parse_recipe(raw, registry, overrides=overrides, file=str(path), _source=source)
 

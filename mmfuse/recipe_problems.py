@@ -2,8 +2,8 @@
 
 A :class:`Problem` names the dotted path, the message, and where the value came from: the YAML
 line (recorded from the composed node tree) or the command-line override that set it. This module
-reads YAML with line numbers, applies ``a.b=c`` overrides, and turns pydantic validation errors
-into Problems with did-you-mean suggestions. Imports no torch.
+turns pydantic validation errors into Problems with did-you-mean suggestions; reading YAML lives in
+:mod:`mmfuse.recipe_yaml`, overrides in :mod:`mmfuse.recipe_overrides`. Imports no torch.
 """
 
 from __future__ import annotations
@@ -12,12 +12,11 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any
 
-import yaml
 from pydantic import BaseModel, ValidationError
 
 from mmfuse.registry import suggest
 
-__all__ = ["Problem", "RecipeError", "RecipeSource", "read_yaml", "apply_overrides", "pydantic_problems"]
+__all__ = ["Problem", "RecipeError", "RecipeSource", "pydantic_problems"]
 
 
 @dataclass
@@ -56,11 +55,34 @@ class RecipeError(ValueError):
 
 @dataclass
 class RecipeSource:
-    """Where each dotted path of the raw recipe came from."""
+    """Where each dotted path of the raw recipe came from: a file and line, or an override.
+
+    ``file`` is the recipe named on the command line; a value read from a ``base:`` file records
+    that file in ``files``."""
 
     file: str | None = None
     lines: dict[tuple[str, ...], int] = field(default_factory=dict)
     overrides: dict[tuple[str, ...], str] = field(default_factory=dict)
+    files: dict[tuple[str, ...], str] = field(default_factory=dict)
+
+    def record(self, path: tuple[str, ...], line: int, file: str | None, replace: bool = False) -> None:
+        """Remember that ``path`` was written at ``line`` of ``file`` (first record wins unless ``replace``)."""
+        if replace or path not in self.lines:
+            self.lines[path] = line
+            if file is not None:
+                self.files[path] = file
+
+    def absorb(self, other: "RecipeSource") -> None:
+        """Take ``other``'s records over these (a recipe file laid over its bases)."""
+        self.lines.update(other.lines)
+        self.files.update(other.files)
+
+    def file_of(self, path: tuple[str, ...]) -> str | None:
+        """The file the value at ``path`` came from (the nearest recorded parent's file)."""
+        for end in range(len(path), -1, -1):
+            if path[:end] in self.files:
+                return self.files[path[:end]]
+        return self.file
 
     def locate(self, path: tuple[str, ...]) -> tuple[int | None, str | None]:
         for key, text in self.overrides.items():
@@ -71,79 +93,8 @@ class RecipeSource:
             if prefix in self.overrides:
                 return None, f"override '{self.overrides[prefix]}'"
             if prefix in self.lines:
-                return self.lines[prefix], self.file
+                return self.lines[prefix], self.files.get(prefix, self.file)
         return None, self.file
-
-
-def _record_lines(node: yaml.Node, path: tuple[str, ...], lines: dict[tuple[str, ...], int]) -> None:
-    lines.setdefault(path, node.start_mark.line + 1)
-    if isinstance(node, yaml.MappingNode):
-        for key_node, value_node in node.value:
-            key = str(key_node.value)
-            lines[path + (key,)] = key_node.start_mark.line + 1
-            _record_lines(value_node, path + (key,), lines)
-            lines[path + (key,)] = key_node.start_mark.line + 1
-    elif isinstance(node, yaml.SequenceNode):
-        for index, item in enumerate(node.value):
-            _record_lines(item, path + (str(index),), lines)
-
-
-def read_yaml(text: str, file: str | None) -> tuple[Any, RecipeSource]:
-    source = RecipeSource(file=file)
-    try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        line = mark.line + 1 if mark is not None else None
-        raise RecipeError([Problem("", f"invalid YAML: {exc}", line, file)], file) from exc
-    if node is not None:
-        _record_lines(node, (), source.lines)
-    return data, source
-
-
-def apply_overrides(raw: dict[str, Any], overrides: list[str], source: RecipeSource | None = None) -> list[Problem]:
-    """Apply ``a.b.c=value`` overrides in place (values parsed as YAML); return malformed ones."""
-    problems: list[Problem] = []
-    for text in overrides:
-        key, sep, value_text = text.partition("=")
-        key = key.strip()
-        if not sep or not key or any(not part for part in key.split(".")):
-            problems.append(
-                Problem(key or text, f"override '{text}' is not of the form key.path=value (e.g. trainer.epochs=3)")
-            )
-            continue
-        try:
-            value = yaml.safe_load(value_text) if value_text.strip() else ""
-        except yaml.YAMLError as exc:
-            problems.append(Problem(key, f"override '{text}': value is not valid YAML ({exc})"))
-            continue
-        parts = key.split(".")
-        node: Any = raw
-        for depth, part in enumerate(parts[:-1]):
-            if isinstance(node, list) and part.isdigit() and int(part) < len(node):
-                node = node[int(part)]
-                continue
-            if not isinstance(node, dict):
-                problems.append(
-                    Problem(key, f"override '{text}': '{'.'.join(parts[:depth])}' is not a mapping")
-                )
-                node = None
-                break
-            node = node.setdefault(part, {})
-        if node is None:
-            continue
-        last = parts[-1]
-        if isinstance(node, list) and last.isdigit() and int(last) < len(node):
-            node[int(last)] = value
-        elif isinstance(node, dict):
-            node[last] = value
-        else:
-            problems.append(Problem(key, f"override '{text}': '{'.'.join(parts[:-1])}' is not a mapping"))
-            continue
-        if source is not None:
-            source.overrides[tuple(parts)] = text
-    return problems
 
 
 def _field_names(model: Any) -> list[str]:

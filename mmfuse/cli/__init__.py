@@ -46,7 +46,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        # `key=value` overrides may stand anywhere, also after options (`--run-dir X a.b=1`)
+        overrides = [item for item in extra if "=" in item and not item.startswith("-")]
+        unknown = [item for item in extra if item not in overrides]
+        if overrides and isinstance(getattr(args, "overrides", None), list):
+            args.overrides.extend(overrides)
+        else:
+            unknown = extra
+        if unknown:
+            parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     if not getattr(args, "_run", None):
         parser.print_help()
         return EXIT_BAD_INPUT

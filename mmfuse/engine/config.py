@@ -6,6 +6,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from mmfuse.recipe_references import EncoderName, MetricName
+
 __all__ = [
     "OptimizerConfig",
     "SchedulerConfig",
@@ -52,7 +54,7 @@ class SchedulerConfig(_Section):
 
 
 class EarlyStoppingConfig(_Section):
-    monitor: str = "val/loss"
+    monitor: MetricName = "val/loss"
     mode: Literal["min", "max"] = "min"
     patience: int = Field(3, ge=1)
     min_delta: float = Field(0.0, ge=0)
@@ -62,7 +64,7 @@ class CheckpointConfig(_Section):
     keep_last: int = Field(2, ge=1)
     keep_best: bool = True
     every_steps: int | None = Field(None, gt=0, description="also checkpoint every N optimizer steps")
-    monitor: str | None = Field(
+    monitor: MetricName | None = Field(
         None, description="metric that picks the best checkpoint; default: early_stopping.monitor or val/loss"
     )
     mode: Literal["min", "max"] | None = Field(None, description="default: early_stopping.mode or min")
@@ -79,7 +81,7 @@ class StageConfig(_Section):
 
     at_epoch: int | None = Field(None, ge=0)
     at_step: int | None = Field(None, ge=0)
-    unfreeze: list[str] = Field(default_factory=list, description="encoder names")
+    unfreeze: list[EncoderName] = Field(default_factory=list, description="encoder names")
     lr: float | None = Field(None, gt=0)
     trainable_layers: int | None = Field(None, ge=0, description="unfreeze only the last N layer groups")
 

@@ -90,6 +90,7 @@ def _run(subject: Subject, targets: list[Any], folder: Path) -> ConformanceRepor
         return runner.finish()
     runner.run("loss_and_gradients", lambda: _check_loss_and_gradients(task, inputs))
     runner.run("metrics", lambda: _check_metrics(task, outputs, inputs))
+    runner.run("metric_names", lambda: _check_metric_names(subject, task))
     runner.run("predict", lambda: _check_predict(task, outputs, inputs.size))
     per_sample = all(t.ndim > 0 and t.shape[0] == inputs.size for _, t in output_tensors(outputs))
     if per_sample:
@@ -115,6 +116,19 @@ def _build(subject: Subject) -> Task:
     task = subject.spec.build(subject.config, fused_dim=FUSED_DIM, encoder_dims=dict(FEATURE_DIMS))
     expect(isinstance(task, Task), f"builder returned {type(task).__name__}, not an mmfuse.contracts.Task")
     return task
+
+
+def _check_metric_names(subject: Subject, task: Task) -> None:
+    """The metric keys a config declares (``metric_names``, read by `mmfuse validate` to check
+    monitors) are exactly the keys its metrics produce."""
+    declared = getattr(type(subject.config), "metric_names", None)
+    if declared is None:
+        return
+    built = sorted(task.build_metrics().keys())
+    expect(
+        sorted(declared) == built,
+        f"config declares metric_names {sorted(declared)} but build_metrics() gives {built}",
+    )
 
 
 def _encode(task: Task, targets: list[Any]) -> _Inputs:

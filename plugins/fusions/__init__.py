@@ -12,6 +12,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from mmfuse.hookspecs import hookimpl
+from mmfuse.recipe_references import EncoderName
 
 __all__ = [
     "ConcatFusionConfig",
@@ -93,8 +94,8 @@ class LowRankFusionConfig(_Strict):
 
 
 class FilmFusionConfig(_Strict):
-    target: str = Field(..., description="encoder whose tokens are modulated")
-    conditioning: list[str] | None = Field(
+    target: EncoderName = Field(..., description="encoder whose tokens are modulated")
+    conditioning: list[EncoderName] | None = Field(
         None, description="encoder(s) that produce the FiLM scale and shift; default: every other encoder"
     )
     hidden_dim: int = Field(128, gt=0, description="width of the modulated target features")

@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import json
 import math
-from typing import Any, Literal, Union
+from typing import Any, ClassVar, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from mmfuse.hookspecs import hookimpl
+from mmfuse.recipe_references import EncoderName
 
 __all__ = [
     "ClassificationConfig",
@@ -28,6 +29,8 @@ Label = Union[int, str]
 
 class ClassificationConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
+    #: metric keys of this task's evaluation (``val/<task>/<metric>``), checked by `mmfuse validate`
+    metric_names: ClassVar[tuple[str, ...]] = ("accuracy", "precision", "recall", "f1")
 
     labels: list[Label] | None = Field(
         None, description="class labels in index order; default: learned from the training split"
@@ -77,6 +80,7 @@ def _label_sort_key(text: str) -> tuple[int, Any]:
 
 class RegressionConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
+    metric_names: ClassVar[tuple[str, ...]] = ("mae", "rmse", "r2")
 
     output_dim: int = Field(1, gt=0, description="number of regressed values")
     loss: Literal["mse", "huber"] = "mse"
@@ -87,6 +91,7 @@ class RegressionConfig(BaseModel):
 
 class MultilabelConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
+    metric_names: ClassVar[tuple[str, ...]] = ("f1_micro", "f1_macro", "map")
 
     labels: list[Label] | None = Field(
         None, description="label vocabulary in index order; default: learned from the training split"
@@ -137,7 +142,9 @@ def split_label_list(value: Any, separator: str | None) -> list[Any]:
 class ContrastiveConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    encoders: list[str] = Field(..., description="the two encoders whose pooled embeddings are aligned")
+    metric_names: ClassVar[tuple[str, ...]] = ("recall@1", "recall@5")
+
+    encoders: list[EncoderName] = Field(..., description="the two encoders whose pooled embeddings are aligned")
     embed_dim: int = Field(128, gt=0, description="shared embedding size both sides are projected to")
     temperature: float = Field(0.07, gt=0, description="initial softmax temperature")
     learn_temperature: bool = True
@@ -156,6 +163,7 @@ class ContrastiveConfig(BaseModel):
 
 class DistillationConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
+    metric_names: ClassVar[tuple[str, ...]] = ("teacher_agreement", "accuracy")
 
     labels: list[Label] | None = Field(
         None, description="class names in the teacher's logit order (needed for string hard labels)"

@@ -127,8 +127,9 @@ def test_missing_train_and_unknown_stratify_column(tmp_path):
         load_splits(load_recipe(recipe_path))
     write_jsonl(tmp_path / "all.jsonl", [{"f": [0, 0], "label": "a"}] * 10)
     recipe_path.write_text(RECIPE.format(data="{train: all.jsonl, split: {val: 0.2, stratify: labl}}"))
-    with pytest.raises(DataError, match="stratify names column 'labl'"):
-        load_splits(load_recipe(recipe_path))
+    # caught while the recipe is validated (mmfuse validate), before any data is split
+    with pytest.raises(RecipeError, match="names column 'labl'.*Did you mean 'label'"):
+        load_recipe(recipe_path)
 
 
 def test_describe_error_drops_the_worker_traceback():

@@ -7,10 +7,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from mmfuse.backbones.timm_models import create_timm_backbone, timm_layer_groups, timm_rebuild_args
 from mmfuse.contracts import Encoder, EncoderOutput, masked_mean
 from mmfuse_plugins.audio import AudioMelConfig
 from mmfuse_plugins.audio.waveform import WaveformPreprocessor
-from mmfuse_plugins.image_timm.backbone import create_timm_backbone, timm_layer_groups, timm_rebuild_args
 
 __all__ = ["LogMelSpectrogram", "MelEncoder", "build_mel_encoder"]
 

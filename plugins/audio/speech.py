@@ -8,11 +8,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from mmfuse.backbones.hf import hf_layer_groups, load_hf_model, pool_tokens, set_hf_grad_checkpointing
 from mmfuse.contracts import Encoder, EncoderOutput
 from mmfuse_plugins.audio import AudioSpeechConfig
 from mmfuse_plugins.audio.waveform import WaveformPreprocessor
-from mmfuse_plugins.text_hf.encoder import pool_tokens
-from mmfuse_plugins.text_hf.loading import hf_layer_groups, load_hf_model, set_hf_grad_checkpointing
 
 __all__ = ["SpeechEncoder", "build_speech_encoder"]
 

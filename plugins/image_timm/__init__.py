@@ -3,27 +3,14 @@ the model's own pretrained config (size, interpolation, mean/std, crop) and opti
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
+from mmfuse.backbones.image_settings import ImagePreprocessingOverrides
 from mmfuse.hookspecs import hookimpl
 
 __all__ = ["ImageTimmConfig", "ImagePreprocessingOverrides"]
-
-
-class ImagePreprocessingOverrides(BaseModel):
-    """Fields that replace what ``timm.data.resolve_data_config`` finds in the model's config."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    image_size: int | tuple[int, int] | None = Field(
-        None, description="input size (square side or [height, width]); default: the model's own"
-    )
-    mean: tuple[float, float, float] | None = Field(None, description="RGB normalisation mean")
-    std: tuple[float, float, float] | None = Field(None, description="RGB normalisation std")
-    interpolation: Literal["bilinear", "bicubic", "nearest"] | None = None
-    crop_pct: float | None = Field(None, gt=0, le=1, description="resize to size/crop_pct, then centre-crop")
 
 
 class ImageTimmConfig(ImagePreprocessingOverrides):

@@ -7,29 +7,13 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from mmfuse.backbones.image_settings import resolve_image_settings
+from mmfuse.backbones.timm_models import create_timm_backbone, timm_features, timm_layer_groups, timm_rebuild_args
 from mmfuse.contracts import Encoder, EncoderOutput
 from mmfuse_plugins.image_timm import ImageTimmConfig
-from mmfuse_plugins.image_timm.backbone import (
-    create_timm_backbone,
-    resolve_image_settings,
-    timm_layer_groups,
-    timm_rebuild_args,
-)
 from mmfuse_plugins.image_timm.preprocess import ImagePreprocessor
 
-__all__ = ["ImageTimmEncoder", "build_image_encoder", "timm_features"]
-
-
-def timm_features(backbone: nn.Module, pixels: Tensor) -> tuple[Tensor, Tensor]:
-    """(tokens ``[B, T, D]``, pooled ``[B, D]``) of a timm model: ``forward_features`` flattened
-    to tokens; pooled by the model's own head (pre-logits) when it keeps the token width."""
-    features = backbone.forward_features(pixels)
-    tokens = features.flatten(2).transpose(1, 2) if features.ndim == 4 else features
-    if getattr(backbone, "head_hidden_size", backbone.num_features) == backbone.num_features:
-        pooled = backbone.forward_head(features, pre_logits=True)
-    else:
-        pooled = tokens.mean(dim=1)
-    return tokens, pooled
+__all__ = ["ImageTimmEncoder", "build_image_encoder"]
 
 
 class ImageTimmEncoder(Encoder):

@@ -10,9 +10,10 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch import Tensor
 
+from mmfuse.backbones.image_settings import build_image_transform
 from mmfuse.contracts import Preprocessor, SampleError
 
-__all__ = ["load_rgb_image", "build_image_transform", "ImagePreprocessor"]
+__all__ = ["load_rgb_image", "ImagePreprocessor"]
 
 
 def load_rgb_image(value: Any) -> Image.Image:
@@ -64,22 +65,6 @@ def _to_rgb(image: Image.Image) -> Image.Image:
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(background, rgba).convert("RGB")
     return image.convert("RGB")
-
-
-def build_image_transform(settings: dict[str, Any]):
-    """timm's eval transform (resize, centre crop, to tensor, normalise) for plain settings."""
-    from timm.data import create_transform
-
-    height, width = settings["image_size"]
-    return create_transform(
-        input_size=(3, height, width),
-        is_training=False,
-        interpolation=settings["interpolation"],
-        mean=tuple(settings["mean"]),
-        std=tuple(settings["std"]),
-        crop_pct=settings["crop_pct"],
-        crop_mode=settings.get("crop_mode", "center"),
-    )
 
 
 class ImagePreprocessor(Preprocessor):

@@ -8,16 +8,17 @@ from typing import Any, Sequence
 import torch
 from torch import Tensor, nn
 
-from mmfuse.contracts import Encoder, EncoderOutput, Preprocessor, SampleError, masked_mean
-from mmfuse_plugins.text_hf import TextHFConfig
-from mmfuse_plugins.text_hf.loading import (
+from mmfuse.backbones.hf import (
     from_pretrained_or_explain,
     hf_layer_groups,
     load_hf_model,
+    pool_tokens,
     set_hf_grad_checkpointing,
 )
+from mmfuse.contracts import Encoder, EncoderOutput, Preprocessor, SampleError
+from mmfuse_plugins.text_hf import TextHFConfig
 
-__all__ = ["TextPreprocessor", "TextHFEncoder", "build_text_encoder", "pool_tokens"]
+__all__ = ["TextPreprocessor", "TextHFEncoder", "build_text_encoder"]
 
 
 class TextPreprocessor(Preprocessor):
@@ -61,17 +62,6 @@ class TextPreprocessor(Preprocessor):
 
     def settings(self) -> dict[str, Any]:
         return {"max_length": self.max_length, "pad_token_id": int(self.tokenizer.pad_token_id)}
-
-
-def pool_tokens(tokens: Tensor, mask: Tensor, pooling: str) -> Tensor:
-    """Mask-aware pooling of ``[B, T, D]`` tokens: first token, mean or max over real tokens."""
-    if pooling == "cls":
-        return tokens[:, 0]
-    if pooling == "mean":
-        return masked_mean(tokens, mask)
-    if pooling == "max":
-        return tokens.masked_fill(~mask.unsqueeze(-1), torch.finfo(tokens.dtype).min).amax(dim=1)
-    raise ValueError(f"unknown pooling {pooling!r}; expected cls, mean or max")
 
 
 class TextHFEncoder(Encoder):

@@ -9,8 +9,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from mmfuse.backbones.image_settings import ImagePreprocessingOverrides
 from mmfuse.hookspecs import hookimpl
-from mmfuse_plugins.image_timm import ImagePreprocessingOverrides
 
 __all__ = ["FrameSampling", "VideoFramesConfig", "VideoNativeConfig"]
 

@@ -10,8 +10,8 @@ import torch
 from PIL import Image
 from torch import Tensor
 
+from mmfuse.backbones.image_settings import build_image_transform
 from mmfuse.contracts import Preprocessor, SampleError
-from mmfuse_plugins.image_timm.preprocess import build_image_transform
 
 __all__ = ["target_times", "decode_video_frames", "VideoPreprocessor"]
 

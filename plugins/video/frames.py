@@ -7,14 +7,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from mmfuse.backbones.image_settings import resolve_image_settings
+from mmfuse.backbones.timm_models import create_timm_backbone, timm_features, timm_layer_groups, timm_rebuild_args
 from mmfuse.contracts import Encoder, EncoderOutput, masked_mean
-from mmfuse_plugins.image_timm.backbone import (
-    create_timm_backbone,
-    resolve_image_settings,
-    timm_layer_groups,
-    timm_rebuild_args,
-)
-from mmfuse_plugins.image_timm.encoder import timm_features
 from mmfuse_plugins.video import VideoFramesConfig
 from mmfuse_plugins.video.decode import VideoPreprocessor
 

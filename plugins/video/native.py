@@ -9,13 +9,13 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from mmfuse.contracts import Encoder, EncoderOutput
-from mmfuse_plugins.text_hf.loading import (
+from mmfuse.backbones.hf import (
     from_pretrained_or_explain,
     hf_layer_groups,
     load_hf_model,
     set_hf_grad_checkpointing,
 )
+from mmfuse.contracts import Encoder, EncoderOutput
 from mmfuse_plugins.video import VideoNativeConfig
 from mmfuse_plugins.video.decode import VideoPreprocessor
 

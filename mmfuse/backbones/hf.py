@@ -1,13 +1,23 @@
-"""Loading transformers models, tokenizers and processors by hub name or local folder, with errors
-that say what to do offline; and the layer groups of a transformers model."""
+"""transformers glue shared by the text, speech and video encoders: loading models, tokenizers and
+processors by hub name or local folder with errors that say what to do offline; the layer groups
+of a transformers model; its activation checkpointing; and mask-aware pooling of its tokens."""
 
 from __future__ import annotations
 
 from typing import Callable, TypeVar
 
-from torch import nn
+import torch
+from torch import Tensor, nn
 
-__all__ = ["from_pretrained_or_explain", "load_hf_model", "hf_layer_groups", "set_hf_grad_checkpointing"]
+from mmfuse.contracts import masked_mean
+
+__all__ = [
+    "from_pretrained_or_explain",
+    "load_hf_model",
+    "hf_layer_groups",
+    "set_hf_grad_checkpointing",
+    "pool_tokens",
+]
 
 Loaded = TypeVar("Loaded")
 
@@ -73,7 +83,6 @@ def _parameter_owners(model: nn.Module) -> list[tuple[str, nn.ParameterList]]:
     return owners
 
 
-
 def set_hf_grad_checkpointing(model: nn.Module, enable: bool) -> None:
     """The model's own activation checkpointing (non-reentrant), under its transformers 5 or 4 name."""
     if not getattr(model, "supports_gradient_checkpointing", False):
@@ -84,3 +93,14 @@ def set_hf_grad_checkpointing(model: nn.Module, enable: bool) -> None:
         model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     else:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+
+def pool_tokens(tokens: Tensor, mask: Tensor, pooling: str) -> Tensor:
+    """Mask-aware pooling of ``[B, T, D]`` tokens: first token, mean or max over real tokens."""
+    if pooling == "cls":
+        return tokens[:, 0]
+    if pooling == "mean":
+        return masked_mean(tokens, mask)
+    if pooling == "max":
+        return tokens.masked_fill(~mask.unsqueeze(-1), torch.finfo(tokens.dtype).min).amax(dim=1)
+    raise ValueError(f"unknown pooling {pooling!r}; expected cls, mean or max")

@@ -1,4 +1,6 @@
-"""Creating a timm backbone by name, its layer groups, and its resolved preprocessing settings."""
+"""timm glue shared by the image, audio (mel) and video (frames) encoders: creating a backbone by
+name, its layer groups, its token and pooled features, and the config overrides that rebuild it
+offline."""
 
 from __future__ import annotations
 
@@ -8,11 +10,9 @@ from typing import Any
 
 import timm
 from timm.models import group_modules
-from torch import nn
+from torch import Tensor, nn
 
-from mmfuse_plugins.image_timm import ImagePreprocessingOverrides
-
-__all__ = ["create_timm_backbone", "timm_layer_groups", "resolve_image_settings", "timm_rebuild_args"]
+__all__ = ["create_timm_backbone", "timm_layer_groups", "timm_features", "timm_rebuild_args", "json_safe"]
 
 
 def create_timm_backbone(
@@ -77,20 +77,16 @@ def timm_layer_groups(model: nn.Module) -> list[nn.Module]:
     return groups or [model]
 
 
-def resolve_image_settings(model: nn.Module, overrides: ImagePreprocessingOverrides) -> dict[str, Any]:
-    """The model's own data config (``timm.data.resolve_data_config``) with the recipe's overrides,
-    as plain data accepted by :class:`~mmfuse_plugins.image_timm.preprocess.ImagePreprocessor`."""
-    data = timm.data.resolve_data_config({}, model=model)
-    size = overrides.image_size
-    height, width = (size, size) if isinstance(size, int) else (size or tuple(data["input_size"][1:]))
-    return {
-        "image_size": [int(height), int(width)],
-        "interpolation": overrides.interpolation or data.get("interpolation", "bilinear"),
-        "mean": [float(v) for v in (overrides.mean or data["mean"])][:3],
-        "std": [float(v) for v in (overrides.std or data["std"])][:3],
-        "crop_pct": float(overrides.crop_pct or data.get("crop_pct") or 1.0),
-        "crop_mode": data.get("crop_mode") or "center",
-    }
+def timm_features(backbone: nn.Module, pixels: Tensor) -> tuple[Tensor, Tensor]:
+    """(tokens ``[B, T, D]``, pooled ``[B, D]``) of a timm model: ``forward_features`` flattened
+    to tokens; pooled by the model's own head (pre-logits) when it keeps the token width."""
+    features = backbone.forward_features(pixels)
+    tokens = features.flatten(2).transpose(1, 2) if features.ndim == 4 else features
+    if getattr(backbone, "head_hidden_size", backbone.num_features) == backbone.num_features:
+        pooled = backbone.forward_head(features, pre_logits=True)
+    else:
+        pooled = tokens.mean(dim=1)
+    return tokens, pooled
 
 
 def timm_rebuild_args(

@@ -8,7 +8,7 @@ from torch import Tensor, nn
 from mmfuse.contracts import EncoderOutput, FusionHead
 from mmfuse_plugins.fusions import ConcatFusionConfig
 from mmfuse.masking import present_pooled
-from mmfuse_plugins.fusions.mlp import make_mlp
+from mmfuse.mlp import build_mlp
 
 __all__ = ["ConcatFusion", "build_concat_fusion"]
 
@@ -30,7 +30,7 @@ class ConcatFusion(FusionHead):
             {name: nn.Parameter(torch.zeros(config.projection_dim)) for name in self.names}
         )
         width = config.projection_dim * len(self.names)
-        self.mlp = make_mlp(width, config.hidden_dims, config.output_dim, config.dropout, nn.GELU)
+        self.mlp = build_mlp(width, config.hidden_dims, config.output_dim, dropout=config.dropout, activation=nn.GELU)
         self.output_dim = config.output_dim
 
     def forward(self, features: dict[str, EncoderOutput], present: dict[str, Tensor]) -> Tensor:

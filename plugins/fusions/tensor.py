@@ -16,7 +16,7 @@ from torch import Tensor, nn
 from mmfuse.contracts import EncoderOutput, FusionHead
 from mmfuse_plugins.fusions import LowRankFusionConfig, TensorFusionConfig
 from mmfuse.masking import present_pooled, zero_absent
-from mmfuse_plugins.fusions.mlp import make_mlp
+from mmfuse.mlp import build_mlp
 
 __all__ = ["TensorFusion", "LowRankFusion", "build_tensor_fusion", "build_low_rank_fusion"]
 
@@ -52,7 +52,7 @@ class TensorFusion(FusionHead):
                 "lower projection_dim, raise max_product_size, or use fusion type 'low_rank'"
             )
         self.modalities = _AugmentedModalities(input_dims, config.projection_dim)
-        self.mlp = make_mlp(product_size, config.hidden_dims, config.output_dim, config.dropout, nn.ReLU)
+        self.mlp = build_mlp(product_size, config.hidden_dims, config.output_dim, dropout=config.dropout, activation=nn.ReLU)
         self.output_dim = config.output_dim
 
     def forward(self, features: dict[str, EncoderOutput], present: dict[str, Tensor]) -> Tensor:

@@ -10,8 +10,8 @@ import torchmetrics
 from torch import Tensor
 
 from mmfuse.contracts import EncoderOutput, SampleError, Task
+from mmfuse.mlp import build_task_head
 from mmfuse_plugins.tasks import ClassificationConfig
-from mmfuse_plugins.tasks.head import make_head
 
 __all__ = ["ClassificationTask", "build_classification"]
 
@@ -28,7 +28,7 @@ class ClassificationTask(Task):
         self.labels = list(config.labels)
         self.index = {str(label): i for i, label in enumerate(self.labels)}
         self.num_classes = len(self.labels)
-        self.head = make_head(fused_dim, self.num_classes, config.hidden_dim, config.dropout)
+        self.head = build_task_head(fused_dim, self.num_classes, config.hidden_dim, config.dropout)
         weights = None
         if config.class_weights:
             weights = torch.tensor([config.class_weights.get(str(label), 1.0) for label in self.labels])

@@ -15,8 +15,8 @@ import torchmetrics
 from torch import Tensor
 
 from mmfuse.contracts import EncoderOutput, SampleError, Task
+from mmfuse.mlp import build_task_head
 from mmfuse_plugins.tasks import DistillationConfig, parse_teacher_target
-from mmfuse_plugins.tasks.head import make_head
 
 __all__ = ["NO_LABEL", "DistillationTask", "build_distillation"]
 
@@ -39,7 +39,7 @@ class DistillationTask(Task):
         self.num_classes = config.classes
         self.labels = list(config.labels) if config.labels is not None else list(range(self.num_classes))
         self.index = {str(label): i for i, label in enumerate(self.labels)}
-        self.head = make_head(fused_dim, self.num_classes, config.hidden_dim, config.dropout)
+        self.head = build_task_head(fused_dim, self.num_classes, config.hidden_dim, config.dropout)
 
     def forward(self, fused: Tensor, features: dict[str, EncoderOutput], present: dict[str, Tensor]) -> Tensor:
         return self.head(fused)

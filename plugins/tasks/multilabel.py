@@ -10,8 +10,8 @@ import torchmetrics
 from torch import Tensor
 
 from mmfuse.contracts import EncoderOutput, SampleError, Task
+from mmfuse.mlp import build_task_head
 from mmfuse_plugins.tasks import MultilabelConfig, split_label_list
-from mmfuse_plugins.tasks.head import make_head
 
 __all__ = ["MultilabelTask", "build_multilabel"]
 
@@ -30,7 +30,7 @@ class MultilabelTask(Task):
         self.labels = list(config.labels)
         self.index = {str(label): i for i, label in enumerate(self.labels)}
         self.num_labels = len(self.labels)
-        self.head = make_head(fused_dim, self.num_labels, config.hidden_dim, config.dropout)
+        self.head = build_task_head(fused_dim, self.num_labels, config.hidden_dim, config.dropout)
         pos_weight = None
         if config.pos_weight:
             pos_weight = torch.tensor([config.pos_weight.get(str(label), 1.0) for label in self.labels])

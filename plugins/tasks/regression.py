@@ -11,8 +11,8 @@ import torchmetrics
 from torch import Tensor
 
 from mmfuse.contracts import EncoderOutput, SampleError, Task
+from mmfuse.mlp import build_task_head
 from mmfuse_plugins.tasks import RegressionConfig
-from mmfuse_plugins.tasks.head import make_head
 
 __all__ = ["RegressionTask", "build_regression"]
 
@@ -21,7 +21,7 @@ class RegressionTask(Task):
     def __init__(self, config: RegressionConfig, fused_dim: int) -> None:
         super().__init__()
         self.config = config
-        self.head = make_head(fused_dim, config.output_dim, config.hidden_dim, config.dropout)
+        self.head = build_task_head(fused_dim, config.output_dim, config.hidden_dim, config.dropout)
 
     def forward(self, fused: Tensor, features: dict[str, EncoderOutput], present: dict[str, Tensor]) -> Tensor:
         return self.head(fused)

@@ -82,7 +82,7 @@ def save(model: FusedModel, path: str | os.PathLike[str], recipe: Recipe, regist
         weights = {"file": WEIGHTS_FILE, **write_state_dict(model, staging / WEIGHTS_FILE)}
         write_text_synced(staging / RECIPE_FILE, yaml.safe_dump(raw, sort_keys=False))
         _write_json(staging / PREPROCESSING_FILE, _preprocessing(model, recipe))
-        _write_json(staging / LABELS_FILE, _labels(recipe))
+        _write_json(staging / LABELS_FILE, _labels(model))
         components = _components(model, recipe, registry)
         manifest = {
             "format": FORMAT_VERSION,
@@ -162,10 +162,11 @@ def _preprocessing(model: FusedModel, recipe: Recipe) -> dict[str, Any]:
     return settings
 
 
-def _labels(recipe: Recipe) -> dict[str, list[Any]]:
+def _labels(model: FusedModel) -> dict[str, list[Any]]:
+    """Each task's ``label_names()`` (the Task contract's one source of label names)."""
     labels = {}
-    for name, slot in recipe.tasks.items():
-        vocabulary = getattr(slot.params, "labels", None)
+    for name, task in model.tasks.items():
+        vocabulary = task.label_names()
         if vocabulary is not None:
             labels[name] = list(vocabulary)
     return labels

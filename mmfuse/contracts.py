@@ -189,6 +189,15 @@ class Task(nn.Module):
         """Class probabilities where the task has them, else None."""
         return None
 
+    def label_names(self) -> list[Any] | None:
+        """The label vocabulary in output-index order (entry ``i`` names column ``i`` of
+        ``probabilities`` and is what ``predict`` returns for it), or None for a task without one
+        (regression, contrastive). Entries are strings or ints, as in the recipe.
+
+        The one source of label names for the model folder's ``labels.json``, the export's label
+        list and the keys of ``Predictor.predict_proba``; the conformance kit checks it."""
+        return None
+
 
 def masked_mean(values: Tensor, mask: Tensor, dim: int = 1) -> Tensor:
     """Mean of ``values`` over ``dim`` counting only positions where ``mask`` is True."""

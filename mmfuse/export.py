@@ -191,7 +191,7 @@ def _write_sidecar(
     difference: float,
     model_dir: Path,
 ) -> None:
-    labels = {name: list(getattr(slot.params, "labels", None) or []) for name, slot in recipe.tasks.items()}
+    labels = {name: list(task.label_names() or []) for name, task in module.model.tasks.items()}
     info = {
         "format": format,
         "model_folder": str(model_dir.absolute()),

@@ -6,7 +6,8 @@ names (``recipe.column_of(encoder)``)::
     predictor.predict([{"text": "a cat", "image": "cat.png"}, {"text": "no picture"}])
 
 A missing modality (absent key or ``None``) is masked, as in training. Preprocessing uses each
-encoder's own ``preprocessor()`` and its ``collate``, the same code path as the data pipeline.
+encoder's own ``preprocessor()`` and the data pipeline's :class:`~mmfuse.data.collate.BatchCollator`,
+the same code path as training.
 
 Thread safety: preprocessing runs in the calling thread (several threads preprocess in parallel);
 the forward pass is serialised by a lock, so one Predictor may be shared by a web server's threads.
@@ -21,12 +22,14 @@ from typing import Any, Mapping, Sequence
 import torch
 from torch import Tensor
 
-from mmfuse.contracts import Preprocessor, SampleError
+from mmfuse.contracts import Preprocessor, SampleError, Task
+from mmfuse.data.collate import BatchCollator
+from mmfuse.data.dataset import Sample as PreprocessedSample
 from mmfuse.model import FusedModel
 from mmfuse.recipe import Recipe
 from mmfuse.registry import Registry
 
-__all__ = ["Predictor", "load"]
+__all__ = ["Predictor", "load", "probability_labels"]
 
 Sample = Mapping[str, Any]
 
@@ -51,6 +54,7 @@ class Predictor:
             name: encoder.preprocessor() for name, encoder in model.encoders.items()
         }
         self.columns: dict[str, str] = {name: recipe.column_of(name) for name in model.encoders}
+        self._collator = BatchCollator(self.preprocessors, tasks={})
         self._lock = threading.Lock()
 
     @property
@@ -75,7 +79,7 @@ class Predictor:
             for name, out in outputs.items():
                 probabilities = self.module.tasks[name].probabilities(out)
                 if probabilities is not None:
-                    labels = self._labels(name, probabilities.shape[-1])
+                    labels = probability_labels(self.module.tasks[name], probabilities.shape[-1])
                     per_task[name] = [dict(zip(labels, row)) for row in probabilities.float().cpu().tolist()]
             results += [{name: rows[i] for name, rows in per_task.items()} for i in range(count)]
         return results
@@ -94,8 +98,6 @@ class Predictor:
 
     def collate(self, samples: Sequence[Sample], offset: int = 0) -> dict[str, Any]:
         """Raw samples -> the model's batch dict (``inputs`` and ``present``) on the device."""
-        inputs: dict[str, dict[str, Tensor]] = {}
-        present: dict[str, Tensor] = {}
         for index, sample in enumerate(samples):
             if not isinstance(sample, Mapping):
                 raise SampleError(f"sample {offset + index}: expected a dict keyed by column, got {type(sample).__name__}")
@@ -104,11 +106,20 @@ class Predictor:
                     f"sample {offset + index} has none of this model's input columns "
                     f"{sorted(set(self.columns.values()))}; got keys {sorted(map(str, sample))}"
                 )
-        for name, column in self.columns.items():
-            items = [self._preprocess(name, column, sample.get(column), offset + i) for i, sample in enumerate(samples)]
-            tensors = self.preprocessors[name].collate(items)
-            inputs[name] = {key: value.to(self.device, non_blocking=True) for key, value in tensors.items()}
-            present[name] = torch.tensor([item is not None for item in items], dtype=torch.bool, device=self.device)
+        preprocessed = [
+            PreprocessedSample(
+                inputs={name: self._preprocess(name, column, sample.get(column), offset + i) for name, column in self.columns.items()},
+                targets={},
+                index=offset + i,
+            )
+            for i, sample in enumerate(samples)
+        ]
+        batch = self._collator(preprocessed)
+        inputs = {
+            name: {key: value.to(self.device, non_blocking=True) for key, value in tensors.items()}
+            for name, tensors in batch["inputs"].items()
+        }
+        present = {name: mask.to(self.device, non_blocking=True) for name, mask in batch["present"].items()}
         return {"inputs": inputs, "present": present}
 
     # ----------------------------------------------------------------- internals
@@ -134,13 +145,15 @@ class Predictor:
                 outputs = self.module(batch)
             yield outputs, len(chunk)
 
-    def _labels(self, task: str, count: int) -> list[Any]:
-        labels = getattr(self.module.tasks[task], "labels", None)
-        if labels is None and task in self.recipe.tasks:
-            labels = getattr(self.recipe.tasks[task].params, "labels", None)
-        if labels is None or len(labels) != count:
-            return list(range(count))
-        return list(labels)
+
+
+def probability_labels(task: Task, count: int) -> list[Any]:
+    """Keys for ``count`` probability columns of ``task``: its ``label_names()``, or the column
+    indices when it names none (or names a different number)."""
+    labels = task.label_names()
+    if labels is None or len(labels) != count:
+        return list(range(count))
+    return list(labels)
 
 
 def load(

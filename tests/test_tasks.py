@@ -43,7 +43,7 @@ def log_softmax(row: list[float]) -> list[float]:
 
 def test_classification_learns_string_labels_and_encodes_them():
     task = fitted("mmfuse/classification", ["dog", "cat", None, "bird", "cat"])
-    assert task.labels == ["bird", "cat", "dog"]
+    assert task.label_names() == ["bird", "cat", "dog"]
     assert task.encode_target("dog").item() == 2
     with pytest.raises(SampleError, match="unknown label 'cow'"):
         task.encode_target("cow")
@@ -120,13 +120,13 @@ def test_regression_rejects_bad_targets():
 
 def test_multilabel_learns_vocabulary_from_lists_and_split_strings():
     task = fitted("mmfuse/multilabel", [["news", "art"], ["sport"], [], None])
-    assert task.labels == ["art", "news", "sport"]
+    assert task.label_names() == ["art", "news", "sport"]
     assert task.encode_target(["sport", "art"]).tolist() == [1.0, 0.0, 1.0]
     assert task.encode_target([]).tolist() == [0.0, 0.0, 0.0]
     with pytest.raises(SampleError, match="unknown label 'food'"):
         task.encode_target(["food"])
     split = fitted("mmfuse/multilabel", ["b|a", "c"], separator="|")
-    assert split.labels == ["a", "b", "c"]
+    assert split.label_names() == ["a", "b", "c"]
     assert split.encode_target("c|a").tolist() == [1.0, 0.0, 1.0]
 
 
@@ -172,7 +172,7 @@ def test_distillation_targets_in_every_accepted_form():
 
 def test_distillation_fit_reads_class_count_and_checks_hard_labels():
     task = fitted("mmfuse/distillation", [[0.1, 0.2, 0.3, 0.4], [1, 2, 3, 4]])
-    assert task.num_classes == 4 and task.labels == [0, 1, 2, 3]
+    assert task.num_classes == 4 and task.label_names() is None  # unnamed classes: indices
     spec = load_registry().get("task", "mmfuse/distillation")
     with pytest.raises(ValueError, match="differ in length"):
         spec.config().fit_targets([[1, 2], [1, 2, 3]])

@@ -23,6 +23,8 @@ def predictions(data: Any, with_probabilities: bool) -> Iterator[dict[str, Any]]
     row gets ``{"line": n, "skipped": reason}``."""
     import torch
 
+    from mmfuse.predict import probability_labels
+
     model = data.model
     rows = data.dataset.manifest.rows
     done: dict[int, dict[str, Any]] = {}
@@ -33,13 +35,12 @@ def predictions(data: Any, with_probabilities: bool) -> Iterator[dict[str, Any]]
             for name, task in model.tasks.items():
                 values = task.predict(outputs[name])
                 probabilities = task.probabilities(outputs[name]) if with_probabilities else None
-                labels = getattr(task, "labels", None)
+                keys = probability_labels(task, probabilities.shape[-1]) if probabilities is not None else []
                 for offset, position in enumerate(positions):
                     record = done.setdefault(position, {"line": rows[position].line})
                     record[name] = values[offset]
                     if probabilities is not None:
                         row = probabilities[offset].float().cpu().tolist()
-                        keys = labels if labels is not None and len(labels) == len(row) else range(len(row))
                         record[f"{name}_probabilities"] = {str(k): p for k, p in zip(keys, row)}
     for position, row in enumerate(rows):
         yield done.get(position) or {"line": row.line, "skipped": _skip_reason(data.dataset, position)}

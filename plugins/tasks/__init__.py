@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import json
 import math
-from typing import Any, ClassVar, Literal, Union
+from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from mmfuse.hookspecs import hookimpl
 from mmfuse.recipe_references import EncoderName
+from mmfuse_plugins.tasks.vocabulary import Label, check_vocabulary, sorted_labels
 
 __all__ = [
     "ClassificationConfig",
@@ -23,9 +24,6 @@ __all__ = [
     "parse_teacher_target",
     "split_label_list",
 ]
-
-Label = Union[int, str]
-
 
 class ClassificationConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -42,7 +40,7 @@ class ClassificationConfig(BaseModel):
 
     @model_validator(mode="after")
     def _check(self) -> "ClassificationConfig":
-        _check_vocabulary("classification", self.labels, 2, "class_weights", self.class_weights)
+        check_vocabulary("classification", self.labels, 2, "class_weights", self.class_weights)
         return self
 
     def fit_targets(self, values: list[Any]) -> "ClassificationConfig":
@@ -50,32 +48,7 @@ class ClassificationConfig(BaseModel):
         if self.labels is not None:
             return self
         # a list or dict is not a label: encode_target rejects its row with line and column
-        unique = {str(v): v for v in values if v is not None and not isinstance(v, (list, dict))}
-        labels = [unique[key] for key in sorted(unique, key=_label_sort_key)]
-        return self.model_copy(update={"labels": labels})
-
-
-def _check_vocabulary(
-    task: str, labels: list[Any] | None, minimum: int, weights_field: str, weights: dict[str, float] | None
-) -> None:
-    """A configured label list: long enough, unique, and the per-label weights name its labels."""
-    if labels is None:
-        return
-    if len(labels) < minimum:
-        raise ValueError(f"{task} needs at least {minimum} label{'s' if minimum > 1 else ''}")
-    names = {str(label) for label in labels}
-    if len(names) != len(labels):
-        raise ValueError(f"labels must be unique, got {labels}")
-    unknown = set(weights or {}) - names
-    if unknown:
-        raise ValueError(f"{weights_field} names unknown labels {sorted(unknown)}")
-
-
-def _label_sort_key(text: str) -> tuple[int, Any]:
-    try:
-        return (0, float(text))
-    except ValueError:
-        return (1, text)
+        return self.model_copy(update={"labels": sorted_labels(v for v in values if not isinstance(v, (list, dict)))})
 
 
 class RegressionConfig(BaseModel):
@@ -106,7 +79,7 @@ class MultilabelConfig(BaseModel):
 
     @model_validator(mode="after")
     def _check(self) -> "MultilabelConfig":
-        _check_vocabulary("multilabel", self.labels, 1, "pos_weight", self.pos_weight)
+        check_vocabulary("multilabel", self.labels, 1, "pos_weight", self.pos_weight)
         return self
 
     def conformance_targets(self) -> list[Any]:
@@ -118,13 +91,11 @@ class MultilabelConfig(BaseModel):
         """Learn the label vocabulary: every label of every training row (sorted, stable)."""
         if self.labels is not None:
             return self
-        unique: dict[str, Any] = {}
-        for value in values:
-            if value is not None:
-                unique.update({str(label): label for label in split_label_list(value, self.separator)})
-        if not unique:
+        labels = sorted_labels(
+            label for value in values if value is not None for label in split_label_list(value, self.separator)
+        )
+        if not labels:
             raise ValueError("multilabel: no labels found in the training targets; give 'labels' in the recipe")
-        labels = [unique[key] for key in sorted(unique, key=_label_sort_key)]
         return self.model_copy(update={"labels": labels})
 
 
@@ -180,7 +151,7 @@ class DistillationConfig(BaseModel):
 
     @model_validator(mode="after")
     def _check(self) -> "DistillationConfig":
-        _check_vocabulary("distillation", self.labels, 2, "", None)
+        check_vocabulary("distillation", self.labels, 2, "", None)
         if self.labels is not None and self.num_classes is not None and self.num_classes != len(self.labels):
             raise ValueError(f"num_classes ({self.num_classes}) != number of labels ({len(self.labels)})")
         return self

@@ -12,6 +12,7 @@ from torch import Tensor
 from mmfuse.contracts import EncoderOutput, SampleError, Task
 from mmfuse.mlp import build_task_head
 from mmfuse_plugins.tasks import ClassificationConfig
+from mmfuse_plugins.tasks.vocabulary import LabelVocabulary
 
 __all__ = ["ClassificationTask", "build_classification"]
 
@@ -25,28 +26,26 @@ class ClassificationTask(Task):
                 "so they are learned from the training split"
             )
         self.config = config
-        self.labels = list(config.labels)
-        self.index = {str(label): i for i, label in enumerate(self.labels)}
-        self.num_classes = len(self.labels)
+        self.vocabulary = LabelVocabulary(config.labels)
+        self.num_classes = len(self.vocabulary)
         self.head = build_task_head(fused_dim, self.num_classes, config.hidden_dim, config.dropout)
         weights = None
         if config.class_weights:
-            weights = torch.tensor([config.class_weights.get(str(label), 1.0) for label in self.labels])
+            weights = torch.tensor([config.class_weights.get(str(label), 1.0) for label in self.vocabulary.labels])
         self.register_buffer("class_weights", weights, persistent=False)
 
     def forward(self, fused: Tensor, features: dict[str, EncoderOutput], present: dict[str, Tensor]) -> Tensor:
         return self.head(fused)
+
+    def label_names(self) -> list[Any]:
+        return list(self.vocabulary.labels)
 
     def encode_target(self, value: Any) -> Tensor:
         if value is None:
             raise SampleError("missing label")
         if isinstance(value, (list, dict)):
             raise SampleError(f"a label is one value (text or a number), got a {type(value).__name__}: {value!r:.60}")
-        index = self.index.get(str(value))
-        if index is None:
-            known = ", ".join(repr(label) for label in self.labels[:10])
-            raise SampleError(f"unknown label {value!r}; known labels: {known}")
-        return torch.tensor(index, dtype=torch.long)
+        return torch.tensor(self.vocabulary.index_of(value), dtype=torch.long)
 
     def loss(self, outputs: Tensor, targets: Tensor | None) -> Tensor:
         if targets is None:
@@ -70,7 +69,7 @@ class ClassificationTask(Task):
         metrics.update(outputs.detach().float(), targets)
 
     def predict(self, outputs: Tensor) -> list[Any]:
-        return [self.labels[i] for i in outputs.argmax(-1).tolist()]
+        return self.vocabulary.decode(outputs.argmax(-1).tolist())
 
     def probabilities(self, outputs: Tensor) -> Tensor:
         return outputs.float().softmax(-1)

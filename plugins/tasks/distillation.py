@@ -17,6 +17,7 @@ from torch import Tensor
 from mmfuse.contracts import EncoderOutput, SampleError, Task
 from mmfuse.mlp import build_task_head
 from mmfuse_plugins.tasks import DistillationConfig, parse_teacher_target
+from mmfuse_plugins.tasks.vocabulary import LabelVocabulary
 
 __all__ = ["NO_LABEL", "DistillationTask", "build_distillation"]
 
@@ -37,12 +38,16 @@ class DistillationTask(Task):
             )
         self.config = config
         self.num_classes = config.classes
-        self.labels = list(config.labels) if config.labels is not None else list(range(self.num_classes))
-        self.index = {str(label): i for i, label in enumerate(self.labels)}
+        # without configured names, the class indices are the labels (hard labels and predictions)
+        self.vocabulary = LabelVocabulary(config.labels if config.labels is not None else range(self.num_classes))
         self.head = build_task_head(fused_dim, self.num_classes, config.hidden_dim, config.dropout)
 
     def forward(self, fused: Tensor, features: dict[str, EncoderOutput], present: dict[str, Tensor]) -> Tensor:
         return self.head(fused)
+
+    def label_names(self) -> list[Any] | None:
+        """The configured class names; None when the teacher's classes are unnamed (indices)."""
+        return list(self.config.labels) if self.config.labels is not None else None
 
     def encode_target(self, value: Any) -> Tensor:
         if value is None:
@@ -55,11 +60,7 @@ class DistillationTask(Task):
             raise SampleError(f"expected {self.num_classes} teacher logits, got {len(target.logits)}")
         label = NO_LABEL
         if target.label is not None:
-            found = self.index.get(str(target.label))
-            if found is None:
-                known = ", ".join(repr(known) for known in self.labels[:10])
-                raise SampleError(f"unknown label {target.label!r}; known labels: {known}")
-            label = found
+            label = self.vocabulary.index_of(target.label)
         return torch.tensor([*target.logits, float(label)], dtype=torch.float32)
 
     def split_targets(self, targets: Tensor) -> tuple[Tensor, Tensor]:
@@ -103,7 +104,7 @@ class DistillationTask(Task):
         metrics["accuracy"].update(student, labels)
 
     def predict(self, outputs: Tensor) -> list[Any]:
-        return [self.labels[i] for i in outputs.argmax(-1).tolist()]
+        return self.vocabulary.decode(outputs.argmax(-1).tolist())
 
     def probabilities(self, outputs: Tensor) -> Tensor:
         return outputs.float().softmax(-1)

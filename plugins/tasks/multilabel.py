@@ -12,6 +12,7 @@ from torch import Tensor
 from mmfuse.contracts import EncoderOutput, SampleError, Task
 from mmfuse.mlp import build_task_head
 from mmfuse_plugins.tasks import MultilabelConfig, split_label_list
+from mmfuse_plugins.tasks.vocabulary import LabelVocabulary
 
 __all__ = ["MultilabelTask", "build_multilabel"]
 
@@ -27,28 +28,26 @@ class MultilabelTask(Task):
                 "so they are learned from the training split"
             )
         self.config = config
-        self.labels = list(config.labels)
-        self.index = {str(label): i for i, label in enumerate(self.labels)}
-        self.num_labels = len(self.labels)
+        self.vocabulary = LabelVocabulary(config.labels)
+        self.num_labels = len(self.vocabulary)
         self.head = build_task_head(fused_dim, self.num_labels, config.hidden_dim, config.dropout)
         pos_weight = None
         if config.pos_weight:
-            pos_weight = torch.tensor([config.pos_weight.get(str(label), 1.0) for label in self.labels])
+            pos_weight = torch.tensor([config.pos_weight.get(str(label), 1.0) for label in self.vocabulary.labels])
         self.register_buffer("pos_weight", pos_weight, persistent=False)
 
     def forward(self, fused: Tensor, features: dict[str, EncoderOutput], present: dict[str, Tensor]) -> Tensor:
         return self.head(fused)
+
+    def label_names(self) -> list[Any]:
+        return list(self.vocabulary.labels)
 
     def encode_target(self, value: Any) -> Tensor:
         if value is None:
             raise SampleError("missing labels (use an empty list for a sample with no label)")
         target = torch.zeros(self.num_labels, dtype=torch.float32)
         for label in split_label_list(value, self.config.separator):
-            index = self.index.get(str(label))
-            if index is None:
-                known = ", ".join(repr(known) for known in self.labels[:10])
-                raise SampleError(f"unknown label {label!r}; known labels: {known}")
-            target[index] = 1.0
+            target[self.vocabulary.index_of(label)] = 1.0
         return target
 
     def loss(self, outputs: Tensor, targets: Tensor | None) -> Tensor:
@@ -71,7 +70,7 @@ class MultilabelTask(Task):
 
     def predict(self, outputs: Tensor) -> list[Any]:
         chosen = (outputs.detach().float().sigmoid() > self.config.threshold).cpu().tolist()
-        return [[label for label, on in zip(self.labels, row) if on] for row in chosen]
+        return [[label for label, on in zip(self.vocabulary.labels, row) if on] for row in chosen]
 
     def probabilities(self, outputs: Tensor) -> Tensor:
         return outputs.float().sigmoid()

@@ -198,6 +198,18 @@ class Task(nn.Module):
         list and the keys of ``Predictor.predict_proba``; the conformance kit checks it."""
         return None
 
+    def bind_encoders(self, encoders: dict[str, "Encoder"]) -> None:
+        """Called once by ``build_fused_model`` after every component is built, with the model's
+        encoders. A task whose head comes from an encoder's own library (a masked-LM head that
+        shares the encoder's word embeddings, a tokenizer) builds it here. Do not register the
+        encoders as sub-modules. Default: nothing."""
+
+    def prepare_batch(self, name: str, batch: dict[str, Any]) -> None:
+        """Change a collated training or evaluation batch in place before the model sees it
+        (CPU, in DataLoader workers; never at prediction): a self-supervised task masks an
+        encoder's inputs here and puts its own targets in ``batch["targets"][name]``. Every task
+        sees the changed inputs. Default: nothing."""
+
 
 def masked_mean(values: Tensor, mask: Tensor, dim: int = 1) -> Tensor:
     """Mean of ``values`` over ``dim`` counting only positions where ``mask`` is True."""

@@ -147,6 +147,8 @@ def build_fused_model(recipe: Recipe, registry: Registry | None = None) -> Fused
         )
         _check_component(task, Task, f"tasks.{name}", slot.type)
         tasks[name] = task
+    for task in tasks.values():
+        task.bind_encoders(encoders)  # heads built from an encoder's own library (masked LM)
     weighting = LossWeighting({n: s.weight for n, s in recipe.tasks.items()}, recipe.trainer.loss_weighting)
     return FusedModel(encoders, fusion, tasks, weighting)
 

@@ -44,7 +44,13 @@ OPTIONS = {
 
 
 #: the slowest cases (a CNN over spectrograms, a ViT over every frame) run with the slow tests
-SLOW = {"mmfuse/audio_mel": pytest.mark.slow, "mmfuse/video_frames": pytest.mark.slow}
+SLOW = {
+    "mmfuse/audio_mel": pytest.mark.slow,
+    "mmfuse/video_frames": pytest.mark.slow,
+    # its head comes from the bound text_hf encoder (Task.bind_encoders), which the kit's random
+    # features do not have: tests/pretrain/test_masked_lm.py checks it against transformers instead
+    "mmfuse/masked_lm": pytest.mark.skip(reason="needs a bound text_hf encoder; see tests/pretrain/test_masked_lm.py"),
+}
 
 
 @parametrize_components(configs=TINY_CONFIGS, options=OPTIONS, marks=SLOW)

@@ -15,7 +15,13 @@ from mmfuse.plugins import load_registry
 from mmfuse.recipe import parse_recipe
 from mmfuse.testing import parametrize_components
 
-TASKS = sorted(spec.name for spec in load_registry().specs("task") if spec.name.startswith("mmfuse/"))
+#: tasks whose head comes from a bound encoder's own library (Task.bind_encoders), which random
+#: pooled features cannot stand in for; tests/pretrain/ checks them against that library
+BOUND_TO_AN_ENCODER = {"mmfuse/masked_lm"}
+TASKS = sorted(
+    spec.name for spec in load_registry().specs("task")
+    if spec.name.startswith("mmfuse/") and spec.name not in BOUND_TO_AN_ENCODER
+)
 FUSED = 4
 
 
@@ -353,7 +359,7 @@ def test_two_tasks_share_one_model_and_report_their_own_metrics(weighting):
 
 
 @pytest.mark.slow
-@parametrize_components("task", namespace="mmfuse", configs={"mmfuse/contrastive": {"encoders": ["left", "right"]}})
+@parametrize_components("task", names=TASKS, configs={"mmfuse/contrastive": {"encoders": ["left", "right"]}})
 def test_builtin_tasks_pass_the_plugin_conformance_kit(conformance_case, tmp_path):
     """The same checks a third-party task gets from mmfuse.testing."""
     conformance_case.check(tmp_path)

@@ -25,6 +25,10 @@ class BatchCollator:
     def __init__(self, preprocessors: Mapping[str, Preprocessor], tasks: Mapping[str, Task]) -> None:
         self.preprocessors = dict(preprocessors)
         self.tasks = {name: task for name, task in tasks.items() if task.needs_target}
+        # tasks that change the batch themselves (self-supervised masking, Task.prepare_batch)
+        self.batch_preparers = {
+            name: task for name, task in tasks.items() if type(task).prepare_batch is not Task.prepare_batch
+        }
 
     def __call__(self, items: Sequence[Sample | Skipped]) -> dict[str, Any]:
         samples = [item for item in items if isinstance(item, Sample)]
@@ -42,4 +46,7 @@ class BatchCollator:
             for name, task in self.tasks.items()
         }
         index = torch.tensor([sample.index for sample in samples], dtype=torch.long)
-        return {"inputs": inputs, "present": present, "targets": targets, "skipped": skipped, "index": index}
+        batch = {"inputs": inputs, "present": present, "targets": targets, "skipped": skipped, "index": index}
+        for name, task in self.batch_preparers.items():
+            task.prepare_batch(name, batch)
+        return batch

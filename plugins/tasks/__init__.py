@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from mmfuse.hookspecs import hookimpl
 from mmfuse.recipe_references import EncoderName
 from mmfuse_plugins.tasks.vocabulary import Label, check_vocabulary, sorted_labels
+from mmfuse_plugins.tasks.self_supervised import MaskedLMConfig
 
 __all__ = [
     "ClassificationConfig",
@@ -257,4 +258,11 @@ def mmfuse_register_tasks(register) -> None:
         builder="mmfuse_plugins.tasks.distillation:build_distillation",
         config=DistillationConfig,
         description="KL to a teacher's soft targets (temperature), plus an optional hard-label loss",
+    )
+    register(
+        "mmfuse/masked_lm",
+        builder="mmfuse_plugins.tasks.masked_lm:build_masked_lm",
+        config=MaskedLMConfig,
+        description="self-supervised masked language modelling on a text_hf encoder (library MLM head and masking)",
+        aliases=("mlm",),
     )

@@ -25,7 +25,8 @@ from pydantic import ValidationError
 
 from mmfuse.chain_config import ChainSpec, StageSpec, module_prefixes
 from mmfuse.recipe import Problem, Recipe, RecipeError, load_recipe, parse_recipe
-from mmfuse.recipe_problems import RecipeSource, pydantic_problems, read_yaml
+from mmfuse.recipe_problems import RecipeSource, pydantic_problems
+from mmfuse.recipe_yaml import read_yaml
 from mmfuse.registry import Registry
 
 __all__ = ["Chain", "ChainStage", "ChainOutcome", "load_chain", "run_chain", "CHAIN_FILE", "STATE_FILE"]

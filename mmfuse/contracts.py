@@ -63,6 +63,9 @@ class Preprocessor:
     #: data root before calling the preprocessor (in-memory values such as PIL images or
     #: (array, sample_rate) tuples pass through unchanged)
     reads_files: bool = False
+    #: False when ``__call__`` is not a pure function of the value and ``settings()`` (it draws
+    #: random numbers): the preprocessed-sample cache (``data.cache``) then never stores its output
+    cacheable: bool = True
 
     def __call__(self, value: Any) -> dict[str, Tensor]:
         """One raw value (text, path, array...) -> named tensors. Raise SampleError on bad input."""

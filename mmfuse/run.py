@@ -71,7 +71,7 @@ def new_run_dir(recipe: Recipe) -> Path:
 def resolved_recipe(recipe: Recipe) -> dict[str, Any]:
     """The recipe as plain data with its data paths absolute, so it works from any folder."""
     raw = recipe.to_dict()
-    for key in ("train", "val", "test", "root"):
+    for key in ("train", "val", "test", "root", "cache_dir"):
         value = raw["data"].get(key)
         if value is not None:
             raw["data"][key] = str(resolve_data_path(recipe, value).resolve())
@@ -118,10 +118,12 @@ def train(
     import yaml
 
     from mmfuse.artifact import save
+    from mmfuse.cache.samples import feature_cache_callbacks
     from mmfuse.engine.trainer import Trainer
 
     prepared = prepare(recipe, registry)
     run_dir = Path(run_dir or resume or new_run_dir(recipe))
+    callbacks = [*callbacks, *feature_cache_callbacks(recipe)]
     trainer = Trainer(
         prepared.model,
         recipe,

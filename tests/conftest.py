@@ -6,6 +6,11 @@ import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# disk caches of preprocessed samples go to a throw-away folder, not the user's ~/.cache
+if "MMFUSE_CACHE_DIR" not in os.environ:
+    import tempfile
+
+    os.environ["MMFUSE_CACHE_DIR"] = tempfile.mkdtemp(prefix="mmfuse-test-cache-")
 
 import pytest  # noqa: E402
 

@@ -25,6 +25,7 @@ COMMANDS = {
     "validate": "mmfuse.cli.validate",
     "plugins": "mmfuse.cli.plugins",
     "export": "mmfuse.cli.export",
+    "cache": "mmfuse.cli.cache",
 }
 
 

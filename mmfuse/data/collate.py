@@ -9,6 +9,7 @@ from typing import Any, Mapping, Sequence
 
 import torch
 
+from mmfuse.cache.samples import split_sample_keys
 from mmfuse.contracts import Preprocessor, Task
 from mmfuse.data.dataset import Sample, Skipped
 
@@ -37,9 +38,12 @@ class BatchCollator:
             return {"inputs": {}, "present": {}, "targets": {}, "skipped": skipped, "index": torch.empty(0, dtype=torch.long)}
         inputs = {}
         present = {}
+        sample_keys = {}
         for name, preprocessor in self.preprocessors.items():
-            values = [sample.inputs.get(name) for sample in samples]
+            values, keys = split_sample_keys([sample.inputs.get(name) for sample in samples])
             inputs[name] = preprocessor.collate(values)
+            if keys is not None:  # per-sample keys for the frozen-encoder feature cache
+                sample_keys[name] = keys
             present[name] = torch.tensor([value is not None for value in values], dtype=torch.bool)
         targets = {
             name: task.collate_targets([sample.targets[name] for sample in samples])
@@ -49,4 +53,6 @@ class BatchCollator:
         batch = {"inputs": inputs, "present": present, "targets": targets, "skipped": skipped, "index": index}
         for name, task in self.batch_preparers.items():
             task.prepare_batch(name, batch)
+        if sample_keys and not self.batch_preparers:  # a task that edits inputs makes stored features stale
+            batch["sample_keys"] = sample_keys
         return batch

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 __all__ = ["SplitConfig", "DataConfig"]
 
@@ -51,9 +51,31 @@ class DataConfig(_Section):
     prefetch_factor: int = Field(2, ge=1)
     pin_memory: bool = False
     on_bad_sample: Literal["error", "skip"] = "error"
+    cache: Literal["auto", "memory", "disk", "off"] = Field(
+        "auto",
+        description="preprocessed-sample cache: memory, disk (shared by workers, ranks and runs), off; "
+        "auto = memory without DataLoader workers, else disk (docs/performance.md)",
+    )
+    cache_dir: str | None = Field(
+        None, description="disk cache folder (relative to the recipe file); default $MMFUSE_CACHE_DIR or ~/.cache/mmfuse"
+    )
+    cache_memory_mb: float = Field(2048, gt=0, description="most memory the memory cache holds per process")
+    feature_cache: Literal["auto", "off"] = Field(
+        "off", description="auto: train from cached outputs of frozen, deterministic encoders (docs/performance.md)"
+    )
     check_files: bool = Field(
         True, description="check before training that every referenced media file exists"
     )
+
+    @field_validator("cache", "feature_cache", mode="before")
+    @classmethod
+    def _yaml_off(cls, value: Any) -> Any:
+        # YAML 1.1 reads a bare `off` / `on` as a boolean
+        if value is False:
+            return "off"
+        if value is True:
+            return "auto"
+        return value
 
     @model_validator(mode="after")
     def _one_source_per_split(self) -> "DataConfig":

@@ -79,6 +79,8 @@ class ManifestDataset(Dataset):
         self._logged = 0
         #: set on the training split only: seed of ``Preprocessor.augment`` (mmfuse.data.augmentation)
         self.augmentation_seed: int | None = None
+        #: a :class:`mmfuse.cache.samples.SampleCache` consulted before a preprocessor runs
+        self.sample_cache: Any = None
         self._check_columns(check_columns)
         problems = self._encode_targets(targets or {})
         problems += self._check_rows(check_files)
@@ -118,6 +120,8 @@ class ManifestDataset(Dataset):
                 raise self._error(row, column, _not_a_file(path))
             value = str(path)
         try:
+            if self.sample_cache is not None:
+                return self.sample_cache.fetch(name, preprocessor, value, lambda: preprocessor(value))
             return preprocessor(value)
         except SampleError as exc:  # the preprocessor's own message already says what is wrong
             raise self._error(row, column, str(exc)) from exc
@@ -235,4 +239,7 @@ def build_dataset(
     )
     if training:  # augmentation (Preprocessor.augment) happens on the training split only
         dataset.augmentation_seed = int(getattr(recipe, "seed", 0))
+    from mmfuse.cache.samples import sample_cache_for
+
+    dataset.sample_cache = sample_cache_for(recipe, augmented=dataset.augmentation_seed is not None)
     return dataset

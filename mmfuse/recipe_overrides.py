@@ -72,6 +72,8 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str], source: RecipeSou
         value = _get(raw, slot)
         if isinstance(value, dict) and "type" not in value:
             problems.append(_half_built_slot(raw, slot, texts))
+            if len(slot) == 2 and isinstance(raw.get(slot[0]), dict):
+                del raw[slot[0]][slot[1]]  # reported here; its own validation would only repeat it
     return problems
 
 
@@ -119,7 +121,6 @@ def _half_built_slot(raw: dict[str, Any], slot: tuple[str, ...], texts: list[str
     if names:
         message += f" ({section}: {', '.join(names)})"
     hint = suggest(name, names)
-    if hint:
-        message += f". Did you mean '{section}.{hint}'?"
+    message += f". Did you mean '{section}.{hint}'?" if hint else "."
     message += f" To add it, give its component too: {path}.type=<component> (see `mmfuse plugins`)"
     return Problem(path, message, None, f"override '{texts[0]}'")

@@ -186,9 +186,10 @@ def _read_text(path: Path, chain: tuple[Path, ...]) -> str:
         return path.read_text(encoding="utf-8")
     except OSError as exc:
         where = f" (named by 'base:' in {chain[-1]})" if chain else ""
+        named_in = str(chain[-1]) if chain else str(path)
         raise RecipeError(
-            [Problem("base" if chain else "", f"cannot read recipe {path}{where}: {exc.strerror or exc}", None, str(chain[-1]) if chain else str(path))],
-            str(path),
+            [Problem("base" if chain else "", f"cannot read recipe {path}{where}: {exc.strerror or exc}", None, named_in)],
+            named_in,
         ) from exc
     except UnicodeDecodeError as exc:
         raise RecipeError([Problem("", f"recipe is not UTF-8 text ({exc.reason} at byte {exc.start})", None, str(path))], str(path)) from exc

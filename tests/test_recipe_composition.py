@@ -133,3 +133,12 @@ def test_validate_command_reports_each_problem_once(tmp_path, capsys):
     assert main(["validate", str(path), "encoders.other=[1]"]) == 2
     err = capsys.readouterr().err
     assert "1 problem\n" in err and err.count("got [1]") == 1, err
+
+
+def test_the_shipped_ablation_builds_on_the_demo_recipe():
+    recipes = Path(__file__).resolve().parent.parent / "recipes"
+    demo = load(recipes / "demo.yaml")
+    ablation = load(recipes / "demo_without_text.yaml")
+    assert set(ablation.encoders) == set(demo.encoders) - {"text"}
+    assert ablation.encoders["image"].params == demo.encoders["image"].params
+    assert Path(ablation.data.train) == (recipes / demo.data.train).resolve()

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from mmfuse.testing import parametrize_components
+from mmfuse.testing import SAMPLE_TEXTS, parametrize_components
 from mmfuse.testing import tiny_models
 
 
@@ -29,6 +29,13 @@ TINY_CONFIGS = {
     "mmfuse/video_frames": lambda folder: {"model": _tiny_vit(folder), "num_frames": 4},
     "mmfuse/video_native": lambda folder: {
         "model": str(tiny_models.save_tiny_videomae(folder / "videomae", num_frames=4)), "num_frames": 4,
+    },
+    "mmfuse/image_cnn": {"widths": [4, 8], "channels": 3},
+    "mmfuse/audio_cnn": {"widths": [4, 8], "max_seconds": 0.5, "n_mels": 16, "n_fft": 256, "hop_length": 128},
+    "mmfuse/sequence": {"widths": [4, 8], "hidden_size": 8, "max_seconds": 0.5},
+    "mmfuse/text_small": {
+        "vocabulary": sorted({w for t in SAMPLE_TEXTS for w in t.split()}), "max_vocab": 64,
+        "embed_dim": 8, "hidden_size": 8,
     },
     "mmfuse/film": {"target": "left"},
     "mmfuse/transformer": {"d_model": 16, "num_layers": 1, "num_heads": 2},

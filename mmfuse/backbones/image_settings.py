@@ -33,15 +33,36 @@ def resolve_image_settings(model: Any, overrides: ImagePreprocessingOverrides) -
 
     data = resolve_data_config({}, model=model)
     size = overrides.image_size
-    height, width = (size, size) if isinstance(size, int) else (size or tuple(data["input_size"][1:]))
+    channels = int(getattr(overrides, "channels", 3))
+    if size == "native":
+        image_size = None  # each image keeps its own size: no resize, no crop
+    else:
+        height, width = (size, size) if isinstance(size, int) else (size or tuple(data["input_size"][1:]))
+        image_size = [int(height), int(width)]
     return {
-        "image_size": [int(height), int(width)],
+        "image_size": image_size,
         "interpolation": overrides.interpolation or data.get("interpolation", "bilinear"),
-        "mean": [float(v) for v in (overrides.mean or data["mean"])][:3],
-        "std": [float(v) for v in (overrides.std or data["std"])][:3],
+        "mean": _channel_values(overrides.mean or data["mean"], channels),
+        "std": _channel_values(overrides.std or data["std"], channels),
         "crop_pct": float(overrides.crop_pct or data.get("crop_pct") or 1.0),
         "crop_mode": data.get("crop_mode") or "center",
+        "channels": channels,
     }
+
+
+def _channel_values(values: Any, channels: int) -> Any:
+    """Per-channel statistics for ``channels`` channels ('auto' stays: learned from the data); RGB
+    statistics are averaged for a grayscale input."""
+    if values == "auto":
+        return "auto"
+    values = [float(v) for v in values]
+    if len(values) == channels:
+        return values
+    if channels == 1:
+        return [sum(values[:3]) / len(values[:3])]
+    if len(values) == 1:
+        return values * channels
+    return values[:channels]
 
 
 def build_image_transform(settings: dict[str, Any]):
@@ -50,7 +71,7 @@ def build_image_transform(settings: dict[str, Any]):
 
     height, width = settings["image_size"]
     return create_transform(
-        input_size=(3, height, width),
+        input_size=(int(settings.get("channels", 3)), height, width),
         is_training=False,
         interpolation=settings["interpolation"],
         mean=tuple(settings["mean"]),

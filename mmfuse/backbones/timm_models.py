@@ -89,6 +89,7 @@ def timm_features(backbone: nn.Module, pixels: Tensor) -> tuple[Tensor, Tensor]:
     return tokens, pooled
 
 
+
 def timm_rebuild_args(
     model: nn.Module, extra_kwargs: dict[str, Any], image_settings: dict[str, Any] | None = None
 ) -> dict[str, Any]:
@@ -102,12 +103,15 @@ def timm_rebuild_args(
     kwargs = {k: v for k, v in get_model_args(model, {}).items() if k not in ("num_classes", "in_chans")}
     kwargs.update({k: v for k, v in extra_kwargs.items() if k != "in_chans"})
     pinned = ("image_size", "mean", "std", "interpolation", "crop_pct")
+    resolved = {key: image_settings[key] for key in pinned if image_settings is not None}
+    if image_settings is not None and resolved["image_size"] is None:
+        resolved["image_size"] = "native"  # None would mean "the model's default size"
     return {
         "model": model.pretrained_cfg["architecture"],
         "pretrained": False,
         "checkpoint": None,
         "model_kwargs": json_safe(kwargs),
-        **{key: image_settings[key] for key in pinned if image_settings is not None},
+        **resolved,
     }
 
 

@@ -5,11 +5,12 @@ rate and crop to ``max_seconds``."""
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from mmfuse.hookspecs import hookimpl
+from mmfuse_plugins.augment import AudioAugmentConfig
 
 __all__ = ["AudioMelConfig", "AudioSpeechConfig"]
 
@@ -26,8 +27,13 @@ class AudioMelConfig(BaseModel):
     n_mels: int = Field(64, gt=0)
     n_fft: int = Field(400, gt=0)
     hop_length: int = Field(160, gt=0)
-    mel_mean: float = Field(0.0, description="log-mel values are standardised as (x - mel_mean) / mel_std")
-    mel_std: float = Field(1.0, gt=0)
+    mel_mean: float | Literal["auto"] = Field(
+        0.0, description="log-mel values are standardised as (x - mel_mean) / mel_std; 'auto': from the training split"
+    )
+    mel_std: Annotated[float, Field(gt=0)] | Literal["auto"] = Field(1.0, description="'auto': from the training split")
+    augment: AudioAugmentConfig | None = Field(
+        None, description="training-time augmentation: waveform gain / shift / noise, SpecAugment masks"
+    )
 
 
 class AudioSpeechConfig(BaseModel):

@@ -10,34 +10,10 @@ from torch import Tensor, nn
 from mmfuse.backbones.timm_models import create_timm_backbone, timm_layer_groups, timm_rebuild_args
 from mmfuse.contracts import Encoder, EncoderOutput, masked_mean
 from mmfuse_plugins.audio import AudioMelConfig
-from mmfuse_plugins.audio.waveform import WaveformPreprocessor
+from mmfuse_plugins.audio.mel_preprocess import LogMelSpectrogram, MelWaveformPreprocessor
+from mmfuse_plugins.augment.audio import SpecAugment
 
-__all__ = ["LogMelSpectrogram", "MelEncoder", "build_mel_encoder"]
-
-
-class LogMelSpectrogram(nn.Module):
-    """Waveform ``[B, T]`` -> standardised log-mel ``[B, 1, n_mels, frames]``."""
-
-    def __init__(self, config: AudioMelConfig) -> None:
-        super().__init__()
-        import torchaudio
-
-        self.mel = torchaudio.transforms.MelSpectrogram(
-            sample_rate=config.sample_rate, n_fft=config.n_fft, hop_length=config.hop_length, n_mels=config.n_mels
-        )
-        self.hop_length = config.hop_length
-        self.mean = config.mel_mean
-        self.std = config.mel_std
-
-    def forward(self, waveform: Tensor) -> Tensor:
-        # the STFT runs in float32 even under autocast: bf16 mel energies lose the quiet bands
-        with torch.autocast(device_type=waveform.device.type, enabled=False):
-            mel = self.mel(waveform.float())
-        return ((torch.log(mel + 1e-6) - self.mean) / self.std).unsqueeze(1)
-
-    def frame_counts(self, sample_counts: Tensor) -> Tensor:
-        """Spectrogram frames computed from real samples (centre-padded STFT)."""
-        return sample_counts // self.hop_length + 1
+__all__ = ["LogMelSpectrogram", "MelEncoder", "build_mel_encoder"]  # LogMelSpectrogram: re-exported
 
 
 class MelEncoder(Encoder):
@@ -50,12 +26,14 @@ class MelEncoder(Encoder):
         super().__init__()
         self.config = config
         self.spectrogram = LogMelSpectrogram(config)
+        self.spec_augment = SpecAugment(config.augment)  # training mode only
         self.backbone = backbone
         self.output_dim = int(backbone.num_features)
 
     def forward(self, inputs: dict[str, Tensor]) -> EncoderOutput:
         waveform, sample_mask = inputs["waveform"], inputs["attention_mask"]
         spectrogram = self.spectrogram(waveform)
+        spectrogram = self.spec_augment(spectrogram, self.spectrogram.fill_value() if self.spec_augment.active else 0.0)
         features = self.backbone.forward_features(spectrogram)
         if features.ndim == 4:  # [B, C, freq, time]
             tokens = features.mean(dim=2).transpose(1, 2)
@@ -70,9 +48,10 @@ class MelEncoder(Encoder):
             pooled = self.backbone.forward_head(features, pre_logits=True)
         return EncoderOutput(tokens=tokens, mask=mask, pooled=pooled)
 
-    def preprocessor(self) -> WaveformPreprocessor:
-        # every clip is padded to max_seconds, so a clip's features never depend on its batch
-        return WaveformPreprocessor(self.config.sample_rate, self.config.max_seconds, pad_to_max=True)
+    def preprocessor(self) -> MelWaveformPreprocessor:
+        # every clip is padded to max_seconds, so a clip's features never depend on its batch;
+        # the statistics dict is shared: mel_mean/mel_std learned by the preprocessor land here
+        return MelWaveformPreprocessor(self.config, self.spectrogram.statistics, self.config.augment)
 
     def layer_groups(self) -> list[nn.Module]:
         return timm_layer_groups(self.backbone)
@@ -81,7 +60,7 @@ class MelEncoder(Encoder):
         self.backbone.set_grad_checkpointing(enable)
 
     def export_assets(self, folder: str) -> dict[str, Any]:
-        return timm_rebuild_args(self.backbone, self.config.model_kwargs)
+        return {**timm_rebuild_args(self.backbone, self.config.model_kwargs), **self.spectrogram.statistics}
 
 
 def build_mel_encoder(config: AudioMelConfig) -> MelEncoder:

@@ -9,11 +9,27 @@ from pydantic import Field
 
 from mmfuse.backbones.image_settings import ImagePreprocessingOverrides
 from mmfuse.hookspecs import hookimpl
+from mmfuse_plugins.augment import ImageAugmentConfig
 
 __all__ = ["ImageTimmConfig", "ImagePreprocessingOverrides"]
 
 
 class ImageTimmConfig(ImagePreprocessingOverrides):
+    image_size: int | tuple[int, int] | Literal["native"] | None = Field(
+        None,
+        description="input size (square side or [height, width]); 'native': keep each image's own size "
+        "(no resize, no crop; a batch of different sizes is zero-padded); default: the model's own",
+    )
+    mean: tuple[float, ...] | Literal["auto"] | None = Field(
+        None, description="normalisation mean per channel; 'auto': computed on the training split"
+    )
+    std: tuple[float, ...] | Literal["auto"] | None = Field(
+        None, description="normalisation std per channel; 'auto': computed on the training split"
+    )
+    channels: Literal[1, 3] = Field(
+        3, description="1: grayscale input, no RGB copy (timm in_chans=1; pretrained first conv summed over RGB)"
+    )
+    augment: ImageAugmentConfig | None = Field(None, description="training-time augmentation (training split only)")
     model: str = Field(
         ...,
         description="timm model name ('resnet50', 'vit_base_patch16_224.augreg_in21k'), "

@@ -32,7 +32,8 @@ class ImageTimmEncoder(Encoder):
         return EncoderOutput(tokens=tokens, mask=mask, pooled=pooled)
 
     def preprocessor(self) -> ImagePreprocessor:
-        return ImagePreprocessor(self._settings)
+        # the settings dict is shared: mean/std learned by the preprocessor's fit land here too
+        return ImagePreprocessor(self._settings, self.config.augment)
 
     def layer_groups(self) -> list[nn.Module]:
         return timm_layer_groups(self.backbone)
@@ -46,6 +47,10 @@ class ImageTimmEncoder(Encoder):
 
 def build_image_encoder(config: ImageTimmConfig) -> ImageTimmEncoder:
     backbone = create_timm_backbone(
-        config.model, pretrained=config.pretrained, checkpoint=config.checkpoint, model_kwargs=config.model_kwargs
+        config.model,
+        pretrained=config.pretrained,
+        checkpoint=config.checkpoint,
+        model_kwargs=config.model_kwargs,
+        in_chans=config.channels if config.channels != 3 else None,
     )
     return ImageTimmEncoder(config, backbone)

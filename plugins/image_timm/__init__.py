@@ -3,7 +3,7 @@ the model's own pretrained config (size, interpolation, mean/std, crop) and opti
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field
 

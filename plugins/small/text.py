@@ -65,6 +65,13 @@ class SmallTextPreprocessor(Preprocessor):
             mask[index, :count] = 1
         return {"input_ids": ids, "attention_mask": mask}
 
+    def cache_identity(self) -> dict[str, Any]:
+        """The learned vocabulary's digest: cached token ids are only valid for the same vocabulary."""
+        import hashlib
+
+        text = "\n".join(self.vocabulary.tokens).encode()
+        return {"vocabulary": hashlib.blake2b(text, digest_size=12).hexdigest()}
+
     def settings(self) -> dict[str, Any]:
         return {"level": self.vocabulary.level, "lowercase": self.vocabulary.lowercase,
                 "max_length": self.config.max_length, "vocabulary_size": len(self.vocabulary)}

@@ -15,7 +15,7 @@ def test_info_lists_each_encoder_and_clear_removes_them(demo_recipe, tmp_path, c
 
     assert main(["cache", "info", "--dir", str(tmp_path)]) == 0
     out = capsys.readouterr().out
-    for label in ("text: TextPreprocessor", "image: ImagePreprocessor", "audio: WaveformPreprocessor", "video: VideoPreprocessor"):
+    for label in ("text: TextPreprocessor", "image: ImagePreprocessor", "audio: MelWaveformPreprocessor", "video: VideoPreprocessor"):
         assert label in out
     assert "in 4 folder(s)" in out
 

@@ -12,6 +12,7 @@ import torch
 from torch import Tensor, nn
 
 from mmfuse.contracts import Encoder, EncoderOutput, FusionHead, Task
+from mmfuse.present_rows import encode_present_rows, is_capturing_graph
 from mmfuse.recipe import Recipe
 from mmfuse.registry import Registry
 
@@ -43,7 +44,14 @@ class LossWeighting(nn.Module):
 
 
 class FusedModel(nn.Module):
-    """``forward(batch) -> {task_name: outputs}``; ``compute_loss`` gives the weighted total."""
+    """``forward(batch) -> {task_name: outputs}``; ``compute_loss`` gives the weighted total.
+
+    Each encoder runs only on the rows that have its modality (see :mod:`mmfuse.present_rows`);
+    set ``gather_present_rows = False`` for the static path that runs every row (graph capture
+    for exports selects it by itself)."""
+
+    #: run each encoder on the rows where ``present`` is True only (False: on every row)
+    gather_present_rows: bool = True
 
     def __init__(
         self,
@@ -81,15 +89,21 @@ class FusedModel(nn.Module):
         return self
 
     def encode(self, batch: Mapping[str, Any]) -> tuple[dict[str, EncoderOutput], dict[str, Tensor]]:
-        """Run every encoder whose inputs are in the batch; return features and presence masks."""
+        """Run every encoder whose inputs are in the batch (on the rows that have its modality);
+        return features and presence masks. Absent rows have zero features and a False token mask."""
         features: dict[str, EncoderOutput] = {}
         present: dict[str, Tensor] = {}
         inputs = batch["inputs"]
+        masks = batch.get("present", {})
+        gather = self.gather_present_rows and not is_capturing_graph()
         for name, encoder in self.encoders.items():
             if name not in inputs:
                 continue
-            features[name] = encoder(inputs[name])
-            mask = batch.get("present", {}).get(name)
+            mask = masks.get(name)
+            if gather and mask is not None:
+                features[name] = encode_present_rows(encoder, inputs[name], mask, name)
+            else:
+                features[name] = encoder(inputs[name])
             if mask is None:
                 mask = torch.ones(features[name].pooled.shape[0], dtype=torch.bool, device=features[name].pooled.device)
             present[name] = mask.to(features[name].pooled.device)

@@ -111,7 +111,7 @@ class StepClock(Callback):
 
 def engine(model: FusedModel, recipe: Recipe, data: Dataset, steps: int, run_dir: Path) -> list[tuple[float, float]]:
     clock = StepClock()
-    Trainer(model, recipe, data, collate, run_dir=run_dir, callbacks=[clock]).fit()
+    Trainer.from_recipe(recipe, model, data, collate, run_dir=run_dir, callbacks=[clock]).fit()
     return durations(clock.marks)
 
 

@@ -161,6 +161,13 @@ class Task(nn.Module):
 
     #: False for tasks without a target column (contrastive alignment)
     needs_target: bool = True
+    #: True when ``loss`` runs torch.distributed collectives (a gather across processes): the
+    #: engine then has every rank call ``loss`` (or ``empty_loss``) equally often, in training and
+    #: in evaluation, so no rank waits in a collective the others never enter
+    uses_collectives: bool = False
+    #: False when the task ignores the fused vector (it reads the encoders' features directly):
+    #: when no task reads it, the engine does not train the fusion head
+    reads_fused: bool = True
 
     def forward(  # pragma: no cover - abstract
         self, fused: Tensor, features: dict[str, EncoderOutput], present: dict[str, Tensor]
@@ -176,6 +183,12 @@ class Task(nn.Module):
 
     def loss(self, outputs: Any, targets: Tensor | None) -> Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    def empty_loss(self, device: torch.device) -> Tensor:
+        """The loss contribution of a rank that has no rows in this batch (all skipped, or
+        evaluation ran out of rows before the other ranks). A task with ``uses_collectives`` must
+        enter the same collectives as ``loss`` here (e.g. gather zero rows). Default: zero."""
+        return torch.zeros((), device=device)
 
     def build_metrics(self) -> Any:
         """A ``torchmetrics.MetricCollection`` (synchronised across processes by torchmetrics)."""

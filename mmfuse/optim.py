@@ -28,8 +28,13 @@ _OPTIMIZERS = {
 }
 
 
-def module_settings(model: nn.Module, recipe: Recipe) -> dict[str, tuple[nn.Module, float, float]]:
-    """Group name -> (module, lr, weight_decay), for every top-level part of a FusedModel."""
+def module_settings(model: nn.Module, recipe: Recipe | OptimizerConfig) -> dict[str, tuple[nn.Module, float, float]]:
+    """Group name -> (module, lr, weight_decay), for every top-level part of a FusedModel.
+
+    Given an OptimizerConfig instead of a Recipe (a model trained from Python without a recipe),
+    every part takes the optimizer's lr and weight decay."""
+    if isinstance(recipe, OptimizerConfig):
+        return _uniform_settings(model, recipe)
     opt = recipe.optimizer
     settings: dict[str, tuple[nn.Module, float, float]] = {}
     for name, module in model.encoders.items():  # type: ignore[attr-defined]
@@ -44,6 +49,15 @@ def module_settings(model: nn.Module, recipe: Recipe) -> dict[str, tuple[nn.Modu
     return settings
 
 
+def _uniform_settings(model: nn.Module, opt: OptimizerConfig) -> dict[str, tuple[nn.Module, float, float]]:
+    parts = {f"encoders.{name}": module for name, module in model.encoders.items()}  # type: ignore[attr-defined]
+    parts["fusion"] = model.fusion  # type: ignore[assignment]
+    parts.update({f"tasks.{name}": module for name, module in model.tasks.items()})  # type: ignore[attr-defined]
+    settings = {name: (module, opt.lr, opt.weight_decay) for name, module in parts.items()}
+    settings["loss_weighting"] = (model.loss_weighting, opt.lr, 0.0)  # type: ignore[assignment]
+    return settings
+
+
 def _pick(value: float | None, default: float) -> float:
     return default if value is None else value
 
@@ -54,7 +68,7 @@ def _is_no_decay(name: str, param: torch.Tensor) -> bool:
 
 def param_groups(
     model: nn.Module,
-    recipe: Recipe,
+    recipe: Recipe | OptimizerConfig,
     only: Iterable[str] | None = None,
     lr: float | None = None,
     exclude: set[int] | None = None,
@@ -67,7 +81,7 @@ def param_groups(
     wanted = set(only) if only is not None else None
     seen: set[int] = set(exclude or ())
     groups: list[dict[str, Any]] = []
-    decay_all = recipe.optimizer.decay_bias_and_norm
+    decay_all = (recipe if isinstance(recipe, OptimizerConfig) else recipe.optimizer).decay_bias_and_norm
     for group_name, (module, group_lr, weight_decay) in module_settings(model, recipe).items():
         if wanted is not None and group_name not in wanted and group_name.split(".", 1)[-1] not in wanted:
             continue

@@ -46,10 +46,14 @@ class PreparedRun:
 
 @dataclass
 class TrainOutcome:
+    """``interrupted``: the signal's name (SIGTERM, SIGINT) when one stopped the fit; ``model_dir``
+    is then None unless ``export_on_interrupt`` was set."""
+
     run_dir: Path
-    model_dir: Path
+    model_dir: Path | None
     fit: Any
     test_metrics: dict[str, float] = field(default_factory=dict)
+    interrupted: str | None = None
 
 
 def new_run_dir(recipe: Recipe) -> Path:
@@ -112,9 +116,14 @@ def train(
     resume: Path | None = None,
     registry: Registry | None = None,
     callbacks: Sequence[Any] = (),
+    resume_force: bool = False,
+    export_on_interrupt: bool = False,
 ) -> TrainOutcome:
     """Train ``recipe`` into ``run_dir`` (default: a new folder under ``recipe.output_dir``;
-    with ``resume``, the resumed run's folder) and save the final model in ``run_dir/model``."""
+    with ``resume``, the resumed run's folder) and save the final model in ``run_dir/model``
+    (the best checkpoint's weights when ``trainer.restore_best``). A run stopped by SIGTERM /
+    SIGINT keeps its checkpoint but writes no model and runs no test evaluation, unless
+    ``export_on_interrupt``."""
     import yaml
 
     from mmfuse.artifact import save
@@ -124,23 +133,20 @@ def train(
     prepared = prepare(recipe, registry)
     run_dir = Path(run_dir or resume or new_run_dir(recipe))
     callbacks = [*callbacks, *feature_cache_callbacks(recipe)]
-    trainer = Trainer(
-        prepared.model,
-        recipe,
-        prepared.train,
-        prepared.collate,
-        val_dataset=prepared.val,
-        run_dir=run_dir,
-        callbacks=list(callbacks),
-        registry=registry,
+    trainer = Trainer.from_recipe(
+        recipe, prepared.model, prepared.train, prepared.collate,
+        val_dataset=prepared.val, run_dir=run_dir, callbacks=list(callbacks), registry=registry,
     )
     if trainer.is_main:  # under torchrun, one process writes the run folder's files
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / RECIPE_FILE).write_text(yaml.safe_dump(resolved_recipe(recipe), sort_keys=False), encoding="utf-8")
-    result = trainer.fit(resume=resume)
+    result = trainer.fit(resume=resume, resume_force=resume_force)
+    interrupted = (result.signal or "a signal") if result.stop_reason == "signal" else None
+    if interrupted and not export_on_interrupt:
+        return TrainOutcome(run_dir=run_dir, model_dir=None, fit=result, interrupted=interrupted)
     test_metrics = trainer.evaluate(prepared.test, prefix="test") if prepared.test is not None else {}
     model_dir = run_dir / MODEL_DIR
     if trainer.is_main:
         save(prepared.model, model_dir, recipe, registry)
     trainer.context.barrier()
-    return TrainOutcome(run_dir=run_dir, model_dir=model_dir, fit=result, test_metrics=test_metrics)
+    return TrainOutcome(run_dir=run_dir, model_dir=model_dir, fit=result, test_metrics=test_metrics, interrupted=interrupted)

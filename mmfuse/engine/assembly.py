@@ -1,5 +1,6 @@
-"""The parts a Trainer is built from that follow from the recipe alone: the autocast context for
-``trainer.precision`` and the list of callbacks (built-in and named in the recipe)."""
+"""The parts a Trainer is built from that follow from its configuration alone: the autocast
+context for ``trainer.precision``, the list of callbacks (built-in, named in the recipe, given),
+and which modules of the model no task reads."""
 
 from __future__ import annotations
 
@@ -9,11 +10,13 @@ from typing import Any, Callable
 import torch
 
 from mmfuse.engine.callbacks import Callback, Checkpointing, EarlyStopping
+from mmfuse.engine.config import TrainerConfig
 from mmfuse.engine.loggers import CSVLogger, ProgressLogger, TensorBoardLogger, tensorboard_available
+from mmfuse.model import FusedModel
 from mmfuse.recipe import Recipe
 from mmfuse.registry import Registry
 
-__all__ = ["autocast_for", "build_callbacks"]
+__all__ = ["autocast_for", "recipe_callbacks", "build_callbacks", "freeze_unread_modules"]
 
 
 def autocast_for(precision: str, device: torch.device) -> Callable[[], Any]:
@@ -30,16 +33,22 @@ def autocast_for(precision: str, device: torch.device) -> Callable[[], Any]:
     return lambda: torch.autocast(device_type=kind, dtype=dtype)
 
 
-def build_callbacks(recipe: Recipe, extra: list[Callback], registry: Registry | None) -> list[Callback]:
-    """Checkpointing (and early stopping when configured) first, then the recipe's callbacks,
-    ``extra``, the TensorBoard and progress loggers as configured, and the CSV logger last."""
+def recipe_callbacks(recipe: Recipe, registry: Registry | None) -> list[Callback]:
+    """The callbacks named in the recipe's ``callbacks:`` list, built from their plugins."""
+    if not recipe.callbacks:
+        return []
     if registry is None:
         from mmfuse.plugins import get_registry
 
         registry = get_registry()
-    config = recipe.trainer
-    named = [registry.get("callback", slot.type).build(slot.params) for slot in recipe.callbacks]
-    chosen = named + extra
+    return [registry.get("callback", slot.type).build(slot.params) for slot in recipe.callbacks]
+
+
+def build_callbacks(config: TrainerConfig, chosen: list[Callback]) -> list[Callback]:
+    """Checkpointing (and early stopping when configured) first, then ``chosen`` (the recipe's
+    callbacks and the caller's), the TensorBoard and progress loggers as configured, and the CSV
+    logger last."""
+    chosen = list(chosen)
     early = config.early_stopping
     monitor = config.checkpoint.monitor or (early.monitor if early else "val/loss")
     mode = config.checkpoint.mode or (early.mode if early else "min")
@@ -53,3 +62,15 @@ def build_callbacks(recipe: Recipe, extra: list[Callback], registry: Registry | 
     if config.progress != "off":
         chosen.append(ProgressLogger(config.progress))
     return builtins + chosen + [CSVLogger()]
+
+
+def freeze_unread_modules(model: FusedModel) -> list[str]:
+    """Freeze the fusion head when no task reads the fused vector (``Task.reads_fused``): it gets
+    no gradient, so training it would waste optimizer state and break DDP ("Expected to have
+    finished reduction"). Return the names of the modules frozen."""
+    if any(getattr(task, "reads_fused", True) for task in model.tasks.values()):
+        return []
+    if not any(p.requires_grad for p in model.fusion.parameters()):
+        return []
+    model.fusion.requires_grad_(False)
+    return ["fusion"]

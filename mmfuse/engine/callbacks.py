@@ -10,6 +10,9 @@ Order of hooks in a fit::
 
     on_fit_start
       on_train_epoch_start
+        on_train_batch_start    before the forward of each micro-batch that has rows (may edit it)
+        on_before_optimizer_step  after the step's backward passes (gradients unscaled), before
+                                  clipping and the optimizer step
         on_train_batch_end      after each optimizer step (one accumulated batch)
         on_log                  every trainer.log_every_steps steps
         on_validation_end       after each evaluation
@@ -48,6 +51,15 @@ class Callback:
     def on_fit_start(self, trainer: "Trainer") -> None: ...
 
     def on_train_epoch_start(self, trainer: "Trainer") -> None: ...
+
+    def on_train_batch_start(self, trainer: "Trainer", batch: dict[str, Any]) -> None:
+        """Before the forward of one micro-batch (on the CPU, before it moves to the device); the
+        batch (BATCH layout of mmfuse/contracts.py) may be changed in place. Not called for a
+        batch with no rows to train on."""
+
+    def on_before_optimizer_step(self, trainer: "Trainer") -> None:
+        """After the backward passes of a step, with the gradients unscaled (fp16), before
+        gradient clipping and ``optimizer.step()``: read or scale ``p.grad`` here."""
 
     def on_train_batch_end(self, trainer: "Trainer", loss: torch.Tensor) -> None:
         """After an optimizer step. ``loss`` is a detached device tensor: do not ``.item()`` it
@@ -144,6 +156,15 @@ class Checkpointing(Callback):
         self.mode = mode
         self.best_value: float | None = None
         self.best_name: str | None = None
+
+    def on_train_batch_start(self, trainer: "Trainer", batch: dict[str, Any]) -> None:
+        """Before the forward of one micro-batch (on the CPU, before it moves to the device); the
+        batch (BATCH layout of mmfuse/contracts.py) may be changed in place. Not called for a
+        batch with no rows to train on."""
+
+    def on_before_optimizer_step(self, trainer: "Trainer") -> None:
+        """After the backward passes of a step, with the gradients unscaled (fp16), before
+        gradient clipping and ``optimizer.step()``: read or scale ``p.grad`` here."""
 
     def on_train_batch_end(self, trainer: "Trainer", loss: torch.Tensor) -> None:
         every = self.config.every_steps

@@ -42,6 +42,7 @@ __all__ = [
     "read_checkpoint",
     "find_resumable",
     "load_model_weights",
+    "remove_leftovers",
 ]
 
 WEIGHTS_FILE = "model.safetensors"
@@ -151,3 +152,22 @@ def load_model_weights(model: nn.Module, weights: dict[str, torch.Tensor], path:
         load_state_strictly(model, weights, path / WEIGHTS_FILE)
     except WeightsError as exc:
         raise CheckpointError(f"cannot resume from {path}: {exc}") from exc
+
+
+#: what an interrupted write leaves behind: a checkpoint being written, a replaced checkpoint not
+#: yet deleted (:func:`mmfuse.atomic.replace_folder`), a model folder being written or replaced
+LEFTOVER_PATTERNS = {"checkpoints": (".tmp-step-*", ".step-*.old-*"), ".": (".model.*.tmp", ".model.old-*")}
+
+
+def remove_leftovers(run_dir: Path) -> list[Path]:
+    """Delete the temporary folders interrupted writes left in a run folder; return them."""
+    removed = []
+    for sub, patterns in LEFTOVER_PATTERNS.items():
+        folder = Path(run_dir) / sub
+        if not folder.is_dir():
+            continue
+        for pattern in patterns:
+            for path in sorted(folder.glob(pattern)):
+                shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
+                removed.append(path)
+    return removed

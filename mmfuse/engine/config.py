@@ -113,6 +113,11 @@ class TrainerConfig(_Section):
     tensorboard: Literal["auto", "on", "off"] = Field(
         "auto", description="'auto': log to <run_dir>/tensorboard when the tensorboard package is installed"
     )
+    restore_best: bool = Field(
+        True,
+        description="after the fit, load the best checkpoint's weights (checkpoint.keep_best) before test "
+        "evaluation and export; false keeps the last weights",
+    )
     find_unused_parameters: bool = Field(
         False, description="DDP: set when some parameters get no gradient in a step (a modality absent from a batch)"
     )

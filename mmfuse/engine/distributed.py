@@ -10,11 +10,14 @@ from __future__ import annotations
 import datetime
 import os
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.distributed as dist
 
-__all__ = ["DistributedContext", "init_distributed", "resolve_device", "all_reduce_sum", "any_rank_true"]
+__all__ = [
+    "DistributedContext", "init_distributed", "resolve_device", "all_reduce_sum", "any_rank_true", "gather_objects",
+]
 
 
 @dataclass(frozen=True)
@@ -94,3 +97,12 @@ def any_rank_true(flag: bool | torch.Tensor, context: DistributedContext) -> boo
     tensor = flag.float() if torch.is_tensor(flag) else torch.tensor(float(flag), device=context.device)
     dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
     return tensor.bool() if torch.is_tensor(flag) else bool(tensor.item())
+
+
+def gather_objects(value: Any, context: DistributedContext) -> list[Any]:
+    """Every rank's ``value`` in rank order, on every rank (a collective; picklable values)."""
+    if not context.is_distributed:
+        return [value]
+    gathered: list[Any] = [None] * context.world_size
+    dist.all_gather_object(gathered, value)
+    return gathered

@@ -20,9 +20,11 @@ class StopSignals:
 
     def __init__(self) -> None:
         self.received: int | None = None
+        self.active = False  # between install and restore: while a fit runs
         self._previous: dict[int, Any] = {}
 
     def install(self) -> None:
+        self.active = True
         # signal handlers can only be installed from the main thread (not when embedded in a worker thread)
         if threading.current_thread() is not threading.main_thread():
             return
@@ -42,3 +44,4 @@ class StopSignals:
         for number, handler in self._previous.items():
             signal.signal(number, handler)
         self._previous.clear()
+        self.active = False

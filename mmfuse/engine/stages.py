@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from mmfuse.engine.config import StageConfig
+from mmfuse.engine.config import OptimizerConfig, StageConfig
 from mmfuse.optim import param_groups
 from mmfuse.recipe import Recipe
 
@@ -30,16 +30,20 @@ def check_stages(stages: list[StageConfig], model: nn.Module) -> None:
 
 
 def stage_is_due(stage: StageConfig, epoch: int, step: int) -> bool:
+    """Whether the stage applies before the next optimizer step, taken after ``step`` steps in
+    epoch ``epoch`` (0-based): ``at_step: N`` before step N+1, ``at_epoch: E`` before the first
+    step of epoch E."""
     if stage.at_step is not None:
         return step >= stage.at_step
     return epoch >= (stage.at_epoch or 0)
 
 
 def apply_stage(
-    model: nn.Module, recipe: Recipe, optimizer: torch.optim.Optimizer, stage: StageConfig, index: int
+    model: nn.Module, groups_from: Recipe | OptimizerConfig, optimizer: torch.optim.Optimizer, stage: StageConfig, index: int
 ) -> int:
     """Unfreeze the stage's encoders (all of each, or its last ``trainable_layers`` layer groups)
-    and add their new parameters to ``optimizer``; return how many parameters joined."""
+    and add their new parameters to ``optimizer``; return how many parameters joined.
+    ``groups_from`` gives the groups' weight decay (see :func:`mmfuse.optim.param_groups`)."""
     for name in stage.unfreeze:
         encoder = model.encoders[name]  # type: ignore[index]
         blocks = [encoder]
@@ -53,7 +57,7 @@ def apply_stage(
         model.train()  # blocks that just thawed leave the eval mode frozen blocks are kept in
     in_optimizer = {id(p) for group in optimizer.param_groups for p in group["params"]}
     added = 0
-    for group in param_groups(model, recipe, only=[f"encoders.{n}" for n in stage.unfreeze], lr=stage.lr, exclude=in_optimizer):
+    for group in param_groups(model, groups_from, only=[f"encoders.{n}" for n in stage.unfreeze], lr=stage.lr, exclude=in_optimizer):
         group["name"] = f"{group['name']}@stage{index}"
         group["initial_lr"] = group["lr"]
         optimizer.add_param_group(group)

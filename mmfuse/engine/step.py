@@ -1,12 +1,14 @@
 """The loss of one micro-batch as a module, so that DDP wraps the forward and the loss together,
-and what that module does with a batch whose rows were all skipped.
+and what that module does with a batch that has no rows to learn from.
 
 With ``data.on_bad_sample: skip`` the collate function returns a batch with no ``inputs`` when
-every row of it was bad. One process simply steps over such a batch. Under DDP that is not
-possible: the other ranks' backward passes all-reduce gradients, and a rank that skipped the
-backward would leave them waiting (or pair their collectives wrongly). So the rank runs the step
-with a zero loss connected to every trainable parameter: its backward all-reduces zero gradients
-and the collectives stay in lockstep, without any extra per-step communication.
+every row of it was bad; a one-row batch is also set aside when the model trains BatchNorm layers
+(they cannot normalise a single row). One process simply steps over such a batch. Under DDP that
+is not possible: the other ranks' backward passes all-reduce gradients, and a rank that skipped
+the backward would leave them waiting. So the rank runs the step with a zero loss connected to
+every trainable parameter: its backward all-reduces zero gradients. A task whose loss runs its own
+collectives (``Task.uses_collectives``, the contrastive gather) is asked for its
+``empty_loss``, which joins those collectives with zero rows, so every rank calls them equally often.
 """
 
 from __future__ import annotations
@@ -18,12 +20,38 @@ from torch import nn
 
 from mmfuse.model import FusedModel
 
-__all__ = ["LossStep", "is_empty_batch", "zero_loss"]
+__all__ = ["LossStep", "is_empty_batch", "zero_loss", "batch_rows", "trains_batchnorm", "collective_tasks"]
 
 
 def is_empty_batch(batch: dict[str, Any]) -> bool:
     """Whether every row of the batch was skipped (the collate function left ``inputs`` empty)."""
     return not batch.get("inputs")
+
+
+def batch_rows(batch: dict[str, Any]) -> int:
+    """Rows in a batch (0 for an empty one), read from the first tensor of its targets, presence
+    masks or inputs."""
+    if is_empty_batch(batch):
+        return 0
+    for group in ("targets", "present"):
+        for value in batch.get(group, {}).values():
+            if isinstance(value, torch.Tensor) and value.ndim > 0:
+                return int(value.shape[0])
+    for tensors in batch["inputs"].values():
+        for value in tensors.values():
+            return int(value.shape[0])
+    raise ValueError("cannot tell the batch size: the batch has no targets, presence masks or inputs")
+
+
+def trains_batchnorm(model: nn.Module) -> bool:
+    """Whether a BatchNorm layer with trainable or running statistics is in train mode (then a
+    one-row batch fails: "Expected more than 1 value per channel when training")."""
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training for m in model.modules())
+
+
+def collective_tasks(model: FusedModel) -> list[str]:
+    """Names of the tasks whose loss runs torch.distributed collectives."""
+    return [name for name, task in model.tasks.items() if getattr(task, "uses_collectives", False)]
 
 
 def zero_loss(module: nn.Module) -> torch.Tensor:
@@ -35,15 +63,22 @@ def zero_loss(module: nn.Module) -> torch.Tensor:
 
 
 class LossStep(nn.Module):
-    """``batch -> weighted task loss`` of a FusedModel (a zero loss for an empty batch)."""
+    """``batch -> weighted task loss`` of a FusedModel; ``None`` as the batch means "no rows here"
+    (a zero loss that still joins the tasks' collectives)."""
 
     def __init__(self, model: FusedModel) -> None:
         super().__init__()
         self.model = model
 
-    def forward(self, batch: dict[str, Any]) -> torch.Tensor:
-        if is_empty_batch(batch):
-            return zero_loss(self.model)
+    def forward(self, batch: dict[str, Any] | None) -> torch.Tensor:
+        if batch is None or is_empty_batch(batch):
+            return self.empty_loss()
         outputs = self.model(batch)
         loss, _ = self.model.compute_loss(outputs, batch.get("targets", {}))
+        return loss
+
+    def empty_loss(self) -> torch.Tensor:
+        loss = zero_loss(self.model)
+        for name in collective_tasks(self.model):
+            loss = loss + 0.0 * self.model.tasks[name].empty_loss(loss.device)
         return loss

@@ -2,56 +2,60 @@
 
 Interface::
 
-    from mmfuse.engine.trainer import Trainer, FitResult
-    trainer = Trainer(
-        model,                 # mmfuse.model.FusedModel
-        recipe,                # mmfuse.recipe.Recipe (optimizer/scheduler/trainer/data sections)
-        train_dataset,         # map-style torch Dataset; items are whatever `collate` accepts
-        collate,               # callable(list[item]) -> batch dict (mmfuse/contracts.py BATCH layout)
-        val_dataset=None,
-        run_dir=Path,          # checkpoints/ and metrics.csv are written here (rank 0 only)
-        callbacks=[],          # extra Callback instances (plus those named in recipe.callbacks)
-        registry=None,
-    )
-    result: FitResult = trainer.fit(resume=None | Path)   # resume from a run dir or checkpoint dir
-    metrics: dict[str, float] = trainer.evaluate(dataset, prefix="val")
+    from mmfuse.engine import Trainer, TrainerConfig
+    trainer = Trainer(model, TrainerConfig(epochs=3), train_dataset, collate, val_dataset=val,
+                      data=DataConfig(batch_size=32), optimizer=OptimizerConfig(lr=1e-3), run_dir=...)
+    trainer = Trainer.from_recipe(recipe, model, train_dataset, collate, val_dataset=val, run_dir=...)
+    result: FitResult = trainer.fit(resume=None | Path)
+    metrics: dict[str, float] = trainer.evaluate(dataset, prefix="test")
 
-One step: forward under autocast -> weighted task loss -> backward (``no_sync`` on DDP for
-accumulation micro-batches) -> clip -> optimizer step -> lr schedule -> ``zero_grad(set_to_none)``.
-A batch whose rows were all skipped by the data pipeline is stepped over (under DDP it runs a
-zero loss instead, see :mod:`mmfuse.engine.step`); it still counts as a batch of the epoch.
+The loop: ``fit`` -> one ``_train_epoch`` per epoch -> one ``train_step`` per optimizer step
+(forward, loss, backward of each micro-batch, then clip and step). Stages apply before a step,
+through ``_apply_due_stages`` alone, and ``train_step`` reads the current (possibly re-wrapped)
+DDP module every step. Everything a checkpoint holds lives in one :class:`TrainState`.
+
+Elsewhere: the loss module and empty batches in :mod:`~mmfuse.engine.step`, evaluation in
+:mod:`~mmfuse.engine.evaluation`, loss bookkeeping between logs in :mod:`~mmfuse.engine.window`,
+samplers in :mod:`~mmfuse.engine.loading`, resume checks in :mod:`~mmfuse.engine.run_settings`,
+everything optional (logging, early stopping, best checkpoints, progress) in callbacks.
 A non-finite loss never costs a host sync per step: the flag stays on the device and either
 drives the fused optimizer's own skip (``found_inf``, as GradScaler does) or is read back at log
-intervals. Everything optional (logging, early stopping, best checkpoints, progress) is a callback;
-evaluation lives in :mod:`mmfuse.engine.evaluation`, loss bookkeeping in :mod:`mmfuse.engine.window`.
+intervals.
 """
 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import torch
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import Dataset
 
-from mmfuse.engine.assembly import autocast_for, build_callbacks
+from mmfuse.data.config import DataConfig
+from mmfuse.engine.assembly import autocast_for, build_callbacks, freeze_unread_modules, recipe_callbacks
 from mmfuse.engine.callbacks import Callback, Checkpointing, state_keys
-from mmfuse.engine.checkpoint import Checkpoint, checkpoint_name, find_resumable, load_model_weights, save_checkpoint
-from mmfuse.engine.distributed import any_rank_true, init_distributed
-from mmfuse.engine.evaluation import EvaluationInterrupted, batches_on_every_rank, evaluate_model
+from mmfuse.engine.checkpoint import (
+    Checkpoint, checkpoint_name, find_resumable, load_model_weights, read_checkpoint, remove_leftovers, save_checkpoint,
+)
+from mmfuse.engine.config import OptimizerConfig, SchedulerConfig, TrainerConfig
+from mmfuse.engine.distributed import all_reduce_sum, any_rank_true, gather_objects, init_distributed
+from mmfuse.engine.evaluation import EvaluationInterrupted, batches_on_every_rank, evaluate_model, most_batches_on_a_rank
 from mmfuse.engine.loading import batches_per_epoch, build_loader, move_to_device, start_epoch
 from mmfuse.engine.rng import capture_rng_state, make_deterministic, restore_rng_state, seed_everything
+from mmfuse.engine.run_settings import check_resume_settings
 from mmfuse.engine.schedule import LRSchedule
 from mmfuse.engine.signals import StopSignals
 from mmfuse.engine.stages import apply_stage, check_stages, stage_is_due
-from mmfuse.engine.step import LossStep, is_empty_batch
+from mmfuse.engine.state import TrainState
+from mmfuse.engine.step import LossStep, batch_rows, is_empty_batch, trains_batchnorm
 from mmfuse.engine.window import LossWindow
 from mmfuse.model import FusedModel
-from mmfuse.optim import build_optimizer
+from mmfuse.optim import make_optimizer, param_groups
 from mmfuse.recipe import Recipe
 from mmfuse.registry import Registry
 
@@ -66,7 +70,10 @@ class NonFiniteLossError(RuntimeError):
 class FitResult:
     """How a fit ended. ``stop_reason``: completed, max_steps, early_stopping, signal, or a
     reason given to ``request_stop`` by a callback. ``metrics``: the last epoch's row updated
-    with the latest evaluation (``val/loss``, ``val/<task>/loss``, ``val/<task>/<metric>``)."""
+    with the latest evaluation (``val/loss``, ``val/<task>/loss``, ``val/<task>/<metric>``).
+    ``restored_step``: the step whose weights the model holds after the fit when the best
+    checkpoint was restored (``trainer.restore_best``). ``signal``: SIGTERM / SIGINT when one
+    stopped the fit."""
 
     global_step: int
     epochs_completed: int
@@ -76,81 +83,129 @@ class FitResult:
     best_metric: float | None = None
     metrics: dict[str, float] = field(default_factory=dict)
     history: list[dict[str, float]] = field(default_factory=list)
+    restored_step: int | None = None
+    signal: str | None = None
 
 
 class Trainer:
-    """Trains a FusedModel as the recipe's ``optimizer``, ``scheduler``, ``trainer`` and ``data``
-    sections say; one process or many (torchrun)."""
+    """Trains a FusedModel as ``config`` (a :class:`TrainerConfig`) says, on one process or
+    many (torchrun). ``data`` sets the loaders (batch size, workers...), ``optimizer`` /
+    ``scheduler`` the one optimizer and its lr schedule (every module at the optimizer's lr; a
+    recipe can set them per module, see :meth:`from_recipe`). A :class:`~mmfuse.recipe.Recipe`
+    in place of ``config`` is the same as :meth:`from_recipe`."""
 
     def __init__(
         self,
         model: FusedModel,
-        recipe: Recipe,
+        config: TrainerConfig | Recipe,
         train_dataset: Dataset,
         collate: Callable[[list[Any]], dict[str, Any]],
         val_dataset: Dataset | None = None,
         run_dir: Path | str = Path("runs/mmfuse-run"),
         callbacks: Sequence[Callback] = (),
         registry: Registry | None = None,
+        *,
+        data: DataConfig | None = None,
+        optimizer: OptimizerConfig | None = None,
+        scheduler: SchedulerConfig | None = None,
+        seed: int = 0,
+        name: str = "mmfuse-run",
     ) -> None:
+        recipe = config if isinstance(config, Recipe) else None
+        named: list[Callback] = []
+        if recipe is not None:
+            config, data, optimizer, scheduler = recipe.trainer, recipe.data, recipe.optimizer, recipe.scheduler
+            seed, name = recipe.seed, recipe.name
+            named = recipe_callbacks(recipe, registry)
+        assert isinstance(config, TrainerConfig)
         self.recipe = recipe
-        self.config = recipe.trainer
-        self.train_dataset = train_dataset
-        self.val_dataset = val_dataset
-        self.collate = collate
+        self.config = config
+        self.data = data or DataConfig()
+        self.seed, self.name = seed, name
+        self.train_dataset, self.val_dataset, self.collate = train_dataset, val_dataset, collate
         self.run_dir = Path(run_dir)
-        self.context = init_distributed(self.config.device)
+        self.context = init_distributed(config.device)
         self.device = self.context.device
         self.on_cpu = self.device.type == "cpu"
-        self.autocast = autocast_for(self.config.precision, self.device)
-        check_stages(self.config.stages, model)
+        self.autocast = autocast_for(config.precision, self.device)
+        check_stages(config.stages, model)
+        self.unread_modules = freeze_unread_modules(model)
         self.model = model.to(self.device)
         self.loss_step = LossStep(self.model)
-        self.optimizer = build_optimizer(self.model, recipe)
-        self.scaler = torch.amp.GradScaler("cuda", enabled=self.config.precision == "fp16")
+        self.ddp: DistributedDataParallel | None = None  # re-wrapped when a stage unfreezes parameters
+        # per-module lr and weight decay come from the recipe when there is one
+        self.groups_from: Recipe | OptimizerConfig = recipe or (optimizer or OptimizerConfig())
+        self.optimizer = make_optimizer(param_groups(self.model, self.groups_from), optimizer or OptimizerConfig())
+        self.scaler = torch.amp.GradScaler("cuda", enabled=config.precision == "fp16")
         # On an accelerator, fused optimizers skip a step on the device when told so (found_inf),
         # without a host sync. On the CPU reading the flag stalls nothing and is cheaper than the
         # found_inf path (which rolls back every group's step counter with extra kernels).
-        self.device_side_skip = not self.on_cpu and bool(
-            getattr(self.optimizer, "_step_supports_amp_scaling", False)
-        )
+        self.device_side_skip = not self.on_cpu and bool(getattr(self.optimizer, "_step_supports_amp_scaling", False))
         self.train_loader = build_loader(
-            train_dataset, collate, recipe.data, train=True,
-            rank=self.context.rank, world_size=self.context.world_size, seed=recipe.seed,
+            train_dataset, collate, self.data, train=True,
+            rank=self.context.rank, world_size=self.context.world_size, seed=seed,
         )
-        self.batches_per_epoch = batches_per_epoch(self.train_loader, recipe.data)
-        self.steps_per_epoch = math.ceil(self.batches_per_epoch / self.config.grad_accum_steps)
-        total = self.steps_per_epoch * self.config.epochs
-        self.total_steps = min(total, self.config.max_steps) if self.config.max_steps else total
-        self.schedule = LRSchedule(self.optimizer, recipe.scheduler, self.total_steps)
-        self.callbacks = build_callbacks(recipe, list(callbacks), registry)
-        self.ddp: DistributedDataParallel | None = None
+        self.batches_per_epoch = batches_per_epoch(self.train_loader, self.data)
+        self.steps_per_epoch = math.ceil(self.batches_per_epoch / config.grad_accum_steps)
+        total = self.steps_per_epoch * config.epochs
+        self.total_steps = min(total, config.max_steps) if config.max_steps else total
+        self.schedule = LRSchedule(self.optimizer, scheduler or SchedulerConfig(), self.total_steps)
+        self.callbacks = build_callbacks(config, named + list(callbacks))
         self.signals = StopSignals()
-        # position and bookkeeping: everything here goes into a checkpoint
-        self.epoch = 0
-        self.global_step = 0
-        self.batch_in_epoch = 0
-        self.stages_applied: list[int] = []
+        self.state = TrainState(settings=self._run_settings(optimizer, scheduler))
         self.should_stop = False
         self.stop_reason = "completed"
-        self.last_eval_step = -1
-        self.eval_pending = False
-        self.last_val_metrics: dict[str, float] = {}
-        self.history: list[dict[str, float]] = []
-        self._epoch_loss = [0.0, 0]  # host-side sum and count, filled at each log flush
-        self._epoch_skipped = 0
-        self.nonfinite_steps = 0  # optimizer steps skipped for a non-finite loss, over the whole fit
         self._window = LossWindow(self.device)
+        self._pending = [0, 0]  # rows skipped, one-row batches dropped since the last flush (this rank)
+        self._trains_batchnorm = False
         self._last_saved: tuple[int, int, int] | None = None
         self._last_checkpoint: Path | None = None
+
+    @classmethod
+    def from_recipe(
+        cls,
+        recipe: Recipe,
+        model: FusedModel,
+        train_dataset: Dataset,
+        collate: Callable[[list[Any]], dict[str, Any]],
+        val_dataset: Dataset | None = None,
+        run_dir: Path | str = Path("runs/mmfuse-run"),
+        callbacks: Sequence[Callback] = (),
+        registry: Registry | None = None,
+    ) -> "Trainer":
+        """A Trainer set up by the recipe's ``trainer``, ``data``, ``optimizer`` (with each
+        module's own lr / weight decay), ``scheduler``, ``seed`` and ``callbacks`` sections."""
+        return cls(model, recipe, train_dataset, collate, val_dataset, run_dir, callbacks, registry)
+
+    # ------------------------------------------------------------------ what callbacks read
 
     @property
     def is_main(self) -> bool:
         return self.context.is_main
 
     @property
+    def epoch(self) -> int:
+        return self.state.epoch
+
+    @property
+    def global_step(self) -> int:
+        return self.state.global_step
+
+    @property
+    def batch_in_epoch(self) -> int:
+        return self.state.batch_in_epoch
+
+    @property
+    def nonfinite_steps(self) -> int:
+        return self.state.nonfinite_steps
+
+    @property
+    def history(self) -> list[dict[str, float]]:
+        return self.state.history
+
+    @property
     def steps_done_in_epoch(self) -> int:
-        return math.ceil(self.batch_in_epoch / self.config.grad_accum_steps)
+        return math.ceil(self.state.batch_in_epoch / self.config.grad_accum_steps)
 
     def _call(self, hook: str, *args: Any) -> None:
         for callback in self.callbacks:
@@ -168,26 +223,22 @@ class Trainer:
 
     # ------------------------------------------------------------------ fit
 
-    def fit(self, resume: Path | str | None = None) -> FitResult:
-        """Train until ``trainer.epochs`` / ``max_steps``, early stopping, a stop request or a signal."""
-        seed_everything(self.recipe.seed + self.context.rank)
-        if self.config.deterministic:
-            make_deterministic()
-        if resume is not None:
-            self._restore(find_resumable(Path(resume)))
-        self._apply_due_stages()
-        self._wrap_ddp()
+    def fit(self, resume: Path | str | None = None, resume_force: bool = False) -> FitResult:
+        """Train until ``trainer.epochs`` / ``max_steps``, early stopping, a stop request or a
+        signal; then (``trainer.restore_best``) load the best checkpoint's weights.
+        ``resume_force``: resume even when settings that make resuming exact changed."""
+        self._start(resume, resume_force)
         self.signals.install()
         try:
             self._call("on_fit_start")
-            if self.eval_pending:
+            if self.state.eval_pending:
                 self._validate()
-            while self.epoch < self.config.epochs and not self.should_stop:
+            while self.state.epoch < self.config.epochs and not self.should_stop:
                 self._train_epoch()
-            if self.stop_reason == "max_steps" and self.val_dataset is not None and self.last_eval_step != self.global_step:
+            if self.stop_reason == "max_steps" and self.val_dataset is not None and self.state.last_eval_step != self.global_step:
                 self._validate()  # max_steps ended the fit mid-epoch: the result still reports its metrics
         except EvaluationInterrupted:
-            self.eval_pending = True
+            self.state.eval_pending = True
             self.request_stop("signal")
         except BaseException as exc:
             self._call("on_exception", exc)
@@ -195,87 +246,117 @@ class Trainer:
         finally:
             self.signals.restore()
         last = self.save_checkpoint()
-        result = self._result(last)
+        restored = self._restore_best(last)
+        result = self._result(last, restored)
         self._call("on_fit_end", result)
         self.context.barrier()
         return result
 
+    def _start(self, resume: Path | str | None, resume_force: bool) -> None:
+        seed_everything(self.seed + self.context.rank)
+        if self.config.deterministic:
+            make_deterministic()
+        if self.is_main:
+            for leftover in remove_leftovers(self.run_dir):
+                self.log(f"removed {leftover}, left by an interrupted write")
+        if resume is not None:
+            self._restore(find_resumable(Path(resume)), resume_force)
+        self._apply_due_stages(wrap=False)
+        self._wrap_ddp()
+        for name in self.unread_modules:
+            self.log(f"{name}: no task reads it, so it is not trained")
+
     def _train_epoch(self) -> None:
-        config = self.config
-        accum = config.grad_accum_steps
-        start_epoch(self.train_loader, self.epoch, self.batch_in_epoch)
+        state, config = self.state, self.config
+        start_epoch(self.train_loader, state.epoch, state.batch_in_epoch)
         self._call("on_train_epoch_start")
         self.model.train()
-        forward = self.ddp or self.loss_step
-        window = self._window
-        step_bad: bool | torch.Tensor | None = None
-        step_has_data = False
-        for batch in self.train_loader:
-            self._epoch_skipped += int(batch.pop("skipped", 0))
-            self.batch_in_epoch += 1
-            steps_now = self.batch_in_epoch % accum == 0 or self.batch_in_epoch == self.batches_per_epoch
-            if is_empty_batch(batch) and self.ddp is None:
-                window.add_empty()  # every row was bad: nothing to learn from, nothing to sync
-                loss = torch.zeros((), device=self.device)
-            else:
-                if not self.on_cpu:  # the loader's batches are already on the CPU
-                    batch = move_to_device(batch, self.device)
-                loss = self._forward_backward(forward, batch, steps_now)
-                if is_empty_batch(batch):
-                    window.add_empty()
-                else:
-                    step_has_data = True
-                    bad = window.add_loss(loss)
-                    step_bad = bad if step_bad is None else step_bad | bad
-            if not steps_now:
-                continue
-
-            step_bad = step_bad if step_bad is not None else window.no_flag()
-            # one process with no data in the whole step: no gradients, so no update (Adam's
-            # moments and weight decay would still move the weights); under DDP the ranks must agree
-            if self.ddp is not None:
-                # gradients are averaged over ranks, so one rank's NaN poisons every rank's update:
-                # all ranks must skip together (one scalar collective)
-                step_bad = any_rank_true(step_bad, self.context)
-                self._optimizer_step(step_bad)
-            elif step_has_data:
-                self._optimizer_step(step_bad)
-            else:
-                self.optimizer.zero_grad(set_to_none=True)
-            self.schedule.step()
-            window.add_step(step_bad)
-            step_bad, step_has_data = None, False
-            self.global_step += 1
+        self._trains_batchnorm = trains_batchnorm(self.model)
+        batches = iter(self.train_loader)
+        while state.batch_in_epoch < self.batches_per_epoch:
+            self._apply_due_stages()
+            in_step = min(config.grad_accum_steps, self.batches_per_epoch - state.batch_in_epoch)
+            loss = self.train_step(itertools.islice(batches, in_step), in_step)
+            state.global_step += 1
             self._call("on_train_batch_end", loss)
-            if config.max_steps and self.global_step >= config.max_steps:
+            if config.max_steps and state.global_step >= config.max_steps:
                 self.request_stop("max_steps")
-            at_log = self.global_step % config.log_every_steps == 0
+            at_log = state.global_step % config.log_every_steps == 0
             if at_log:
                 self._flush_window()
-            if self.val_dataset is not None and config.eval_every_steps and self.global_step % config.eval_every_steps == 0:
+            if self.val_dataset is not None and config.eval_every_steps and state.global_step % config.eval_every_steps == 0:
                 self._validate()
-            self._apply_due_stages()
             if self._stop_now(at_log):
                 break
         self._flush_window(log=False)
-        if self.batch_in_epoch >= self.batches_per_epoch:
+        if state.batch_in_epoch >= self.batches_per_epoch:
             self._end_epoch()
 
-    def _forward_backward(self, forward: Callable[[dict[str, Any]], torch.Tensor], batch: dict[str, Any], steps_now: bool) -> torch.Tensor:
-        """Loss and gradients of one micro-batch (DDP syncs gradients only on a stepping one)."""
-        accum = self.config.grad_accum_steps
-        sync = contextlib.nullcontext() if (steps_now or self.ddp is None) else self.ddp.no_sync()
-        with sync:
-            with self.autocast():
-                loss = forward(batch)
-            self.scaler.scale(loss / accum if accum > 1 else loss).backward()
-        return loss.detach().float()
+    def train_step(self, batches: Iterable[dict[str, Any]], in_step: int) -> torch.Tensor:
+        """One optimizer step over ``in_step`` micro-batches: forward, loss and backward of each
+        (its loss divided by ``in_step``, so a short last step of an epoch weighs its rows like a
+        full one), then clip and step. Return the step's mean loss (a detached device tensor)."""
+        forward = self.ddp or self.loss_step  # read every step: a stage may have re-wrapped it
+        window = self._window
+        bad: bool | torch.Tensor | None = None
+        losses: list[torch.Tensor] = []
+        for index, batch in enumerate(batches):
+            self.state.batch_in_epoch += 1
+            rows = self._usable_rows(batch)
+            if rows:
+                self._call("on_train_batch_start", batch)
+                if not self.on_cpu:  # the loader's batches are on the CPU
+                    batch = move_to_device(batch, self.device)
+            elif self.ddp is None:
+                window.add_empty()  # nothing to learn from, nothing to synchronise
+                continue
+            syncs = index == in_step - 1 or self.ddp is None  # DDP all-reduces on the last micro-batch only
+            with contextlib.nullcontext() if syncs else self.ddp.no_sync():  # type: ignore[union-attr]
+                with self.autocast():
+                    loss = forward(batch if rows else None)
+                self.scaler.scale(loss / in_step if in_step > 1 else loss).backward()
+            if not rows:
+                window.add_empty()
+                continue
+            losses.append(loss.detach().float())
+            flag = window.add_loss(losses[-1])
+            bad = flag if bad is None else bad | flag
+        bad = window.no_flag() if bad is None else bad
+        if self.ddp is not None:
+            # gradients are averaged over ranks, so one rank's NaN poisons every rank's update:
+            # all ranks skip together (one scalar collective)
+            bad = any_rank_true(bad, self.context)
+            self._optimizer_step(bad)
+        elif losses:
+            self._optimizer_step(bad)
+        else:
+            # no data in the whole step: no gradients, so no update (Adam's moments and weight
+            # decay would still move the weights)
+            self.optimizer.zero_grad(set_to_none=True)
+        self.schedule.step()
+        window.add_step(bad)
+        if not losses:
+            return torch.zeros((), device=self.device)
+        return losses[0] if len(losses) == 1 else torch.stack(losses).mean()
+
+    def _usable_rows(self, batch: dict[str, Any]) -> int:
+        """Rows to train on in a micro-batch: 0 when every row was skipped, or when it has one row
+        and the model trains BatchNorm layers (which cannot normalise one row; it is dropped and
+        counted)."""
+        self._pending[0] += int(batch.pop("skipped", 0))
+        rows = batch_rows(batch)
+        if rows == 1 and self._trains_batchnorm:
+            self._pending[1] += 1
+            return 0
+        return rows
 
     def _optimizer_step(self, bad: bool | torch.Tensor) -> None:
-        """Clip, then step (skipping a non-finite step on the device where possible), then zero."""
+        """Unscale, ``on_before_optimizer_step``, clip, then step (skipping a non-finite step on
+        the device where possible), then zero the gradients."""
         optimizer = self.optimizer
+        self.scaler.unscale_(optimizer)  # a no-op without fp16
+        self._call("on_before_optimizer_step")
         if self.config.clip_grad_norm is not None:
-            self.scaler.unscale_(optimizer)
             params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
             torch.nn.utils.clip_grad_norm_(params, self.config.clip_grad_norm, foreach=True)
         if self.scaler.is_enabled():
@@ -290,30 +371,40 @@ class Trainer:
         optimizer.zero_grad(set_to_none=True)
 
     def _flush_window(self, log: bool = True) -> None:
-        """Read the device-side counters back: the only host sync of the training loop."""
+        """Read the device-side counters back (the only host sync of the training loop) and sum
+        them over ranks (one small collective), so the logged loss is every rank's."""
         summary = self._window.flush()
-        if summary is None:
+        totals = torch.tensor(
+            [summary.loss_sum if summary else 0.0, summary.good if summary else 0, summary.batches if summary else 0,
+             *self._pending], dtype=torch.float64, device=self.device,
+        )
+        all_reduce_sum(totals, self.context)
+        loss_sum, good, batches, skipped, dropped = totals.tolist()
+        self._pending = [0, 0]
+        state = self.state
+        state.epoch_skipped += int(skipped)
+        state.epoch_dropped_single_rows += int(dropped)
+        if not batches:
             return
-        self._epoch_loss[0] += summary.loss_sum
-        self._epoch_loss[1] += summary.good
-        nonfinite = summary.nonfinite_steps
+        state.epoch_loss_sum += loss_sum
+        state.epoch_loss_count += int(good)
+        nonfinite = summary.nonfinite_steps if summary else 0  # the ranks agree on skipped steps
         if nonfinite:
             if self.config.nonfinite_loss == "stop":
                 raise NonFiniteLossError(
-                    f"the loss was NaN/inf at {nonfinite} step(s) up to step {self.global_step} (epoch {self.epoch + 1}); "
+                    f"the loss was NaN/inf at {nonfinite} step(s) up to step {state.global_step} (epoch {state.epoch + 1}); "
                     "trainer.nonfinite_loss=stop. Those updates were not applied; the last checkpoint is intact. "
                     "Lower optimizer.lr, set trainer.clip_grad_norm, or use trainer.nonfinite_loss=skip_step."
                 )
-            self.nonfinite_steps += nonfinite
-            self.log(f"skipped {nonfinite} optimizer step(s) with a non-finite loss (up to step {self.global_step})")
-        if log:
-            samples = summary.batches * self.recipe.data.batch_size * self.context.world_size
+            state.nonfinite_steps += nonfinite
+            self.log(f"skipped {nonfinite} optimizer step(s) with a non-finite loss (up to step {state.global_step})")
+        if log and summary is not None:
             metrics = {
-                "step": float(self.global_step),
-                "epoch": float(self.epoch),
-                "train/loss": summary.mean_loss,
+                "step": float(state.global_step),
+                "epoch": float(state.epoch),
+                "train/loss": loss_sum / good if good else float("nan"),
                 "lr": self.schedule.current_lr(),
-                "samples_per_sec": samples / summary.seconds,
+                "samples_per_sec": summary.batches * self.data.batch_size * self.context.world_size / summary.seconds,
             }
             self._call("on_log", metrics)
 
@@ -329,36 +420,48 @@ class Trainer:
         return self.should_stop
 
     def _end_epoch(self) -> None:
-        if self.val_dataset is not None and self.last_eval_step != self.global_step:
+        state = self.state
+        if self.val_dataset is not None and state.last_eval_step != state.global_step:
             self._validate()
-        loss_sum, count = self._epoch_loss
         row = {
-            "epoch": self.epoch + 1,
-            "step": self.global_step,
-            "train/loss": loss_sum / count if count else float("nan"),
-            "train/skipped": self._epoch_skipped,
+            "epoch": state.epoch + 1,
+            "step": state.global_step,
+            "train/loss": state.epoch_loss_sum / state.epoch_loss_count if state.epoch_loss_count else float("nan"),
+            "train/skipped": state.epoch_skipped,
             "lr": self.schedule.current_lr(),
-            **self.last_val_metrics,
+            **state.last_val_metrics,
         }
-        if self._epoch_skipped:
-            self.log(f"epoch {self.epoch + 1}: skipped {self._epoch_skipped} bad sample(s) (data.on_bad_sample=skip)")
-        self.history.append(row)
+        if state.epoch_skipped:
+            self.log(f"epoch {state.epoch + 1}: skipped {state.epoch_skipped} bad sample(s) (data.on_bad_sample=skip)")
+        if state.epoch_dropped_single_rows:
+            row["train/dropped_one_row_batches"] = state.epoch_dropped_single_rows
+            self.log(
+                f"epoch {state.epoch + 1}: dropped {state.epoch_dropped_single_rows} one-row batch(es): the model trains "
+                "BatchNorm layers, which cannot normalise a single row (data.drop_last=true or another batch size avoids them)"
+            )
+        state.history.append(row)
         self._call("on_train_epoch_end", row)
-        self.epoch += 1
-        self.batch_in_epoch = 0
-        self._epoch_loss = [0.0, 0]
-        self._epoch_skipped = 0
+        state.start_new_epoch()
         self.save_checkpoint()
 
-    def _apply_due_stages(self) -> None:
+    def _apply_due_stages(self, wrap: bool = True) -> None:
+        """Apply the stages due before the next step: the only place where stages apply."""
+        applied = False
         for index, stage in enumerate(self.config.stages):
-            if index not in self.stages_applied and stage_is_due(stage, self.epoch, self.global_step):
-                added = apply_stage(self.model, self.recipe, self.optimizer, stage, index)
-                self.stages_applied.append(index)
-                self.schedule.apply()
-                self.log(f"stage {index}: unfroze {', '.join(stage.unfreeze)} ({added} tensors) at step {self.global_step}")
-                if self.ddp is not None:
-                    self._wrap_ddp()  # DDP registers gradient hooks only for parameters trainable at wrap time
+            if index not in self.state.stages_applied and stage_is_due(stage, self.state.epoch, self.state.global_step):
+                self._apply_stage(index)
+                applied = True
+        if applied and wrap:
+            self._wrap_ddp()  # DDP registers gradient hooks only for parameters trainable at wrap time
+
+    def _apply_stage(self, index: int, quiet: bool = False) -> None:
+        stage = self.config.stages[index]
+        added = apply_stage(self.model, self.groups_from, self.optimizer, stage, index)
+        self.state.stages_applied.append(index)
+        self.schedule.apply()
+        self._trains_batchnorm = self.model.training and trains_batchnorm(self.model)
+        if not quiet:
+            self.log(f"stage {index}: unfroze {', '.join(stage.unfreeze)} ({added} tensors) at step {self.global_step}")
 
     def _wrap_ddp(self) -> None:
         if not self.context.is_distributed:
@@ -373,15 +476,18 @@ class Trainer:
     def _validate(self) -> None:
         assert self.val_dataset is not None
         try:
-            self.last_val_metrics = self.evaluate(self.val_dataset, prefix="val")
+            metrics = self.evaluate(self.val_dataset, prefix="val")
         except EvaluationInterrupted:
             raise
         except Exception:
             self._save_before_failed_validation()
             raise
-        self.last_eval_step = self.global_step
-        self.eval_pending = False
-        self._call("on_validation_end", self.last_val_metrics)
+        self.state.last_val_metrics = metrics
+        self.state.last_eval_step = self.global_step
+        self.state.eval_pending = False
+        if metrics.get("val/skipped"):
+            self.log(f"step {self.global_step}: validation skipped {int(metrics['val/skipped'])} bad sample(s)")
+        self._call("on_validation_end", metrics)
 
     def _save_before_failed_validation(self) -> None:
         """Validation runs at a step boundary, so the training state is consistent: keep it, so
@@ -389,7 +495,7 @@ class Trainer:
         DDP the other ranks may be inside a collective, so nothing is attempted there."""
         if self.context.is_distributed:
             return
-        self.eval_pending = True
+        self.state.eval_pending = True
         path = self.save_checkpoint()
         self.log(
             f"validation failed at step {self.global_step}; the training state was saved to {path}. "
@@ -399,18 +505,25 @@ class Trainer:
 
     def evaluate(self, dataset: Dataset, prefix: str = "val") -> dict[str, float]:
         """Loss, each task's loss and each task's metrics over ``dataset`` (split across ranks,
-        reduced): ``<prefix>/loss``, ``<prefix>/<task>/loss``, ``<prefix>/<task>/<metric>``."""
+        reduced): ``<prefix>/loss``, ``<prefix>/<task>/loss``, ``<prefix>/<task>/<metric>``,
+        ``<prefix>/skipped``. Under DDP every rank must call it."""
         loader = build_loader(
-            dataset, self.collate, self.recipe.data, train=False,
-            rank=self.context.rank, world_size=self.context.world_size, seed=self.recipe.seed,
+            dataset, self.collate, self.data, train=False,
+            rank=self.context.rank, world_size=self.context.world_size, seed=self.seed,
         )
-        common = batches_on_every_rank(len(dataset), self.context.world_size, loader.batch_size or 1)  # type: ignore[arg-type]
+        size, world, batch = len(dataset), self.context.world_size, loader.batch_size or 1  # type: ignore[arg-type]
+        common = batches_on_every_rank(size, world, batch)
         return evaluate_model(
             self.model, loader, prefix=prefix, context=self.context, autocast=self.autocast,
             interrupted=lambda index: self._signal_during_eval(index, common),
+            rounds=most_batches_on_a_rank(size, world, batch),
         )
 
     def _signal_during_eval(self, index: int, common_batches: int) -> bool:
+        """Whether a stop signal ends this evaluation (only while a fit runs: afterwards, e.g. in
+        the test evaluation, the caller's own handlers are in place)."""
+        if not self.signals.active:
+            return False
         if self.signals.received is None and not self.context.is_distributed:
             return False
         if not self.context.is_distributed:
@@ -422,82 +535,118 @@ class Trainer:
     # ------------------------------------------------------------------ checkpoints
 
     def save_checkpoint(self) -> Path:
-        """Checkpoint the current position (rank 0 writes; once per position); return its path."""
+        """Checkpoint the current position (rank 0 writes; once per position); return its path.
+        A collective under DDP (each rank's RNG state is gathered): call it on every rank."""
         folder = self.run_dir / "checkpoints"
-        position = (self.epoch, self.batch_in_epoch, self.global_step)
+        state = self.state
+        position = (state.epoch, state.batch_in_epoch, state.global_step)
         if position == self._last_saved and self._last_checkpoint is not None:
             return self._last_checkpoint
-        path = folder / checkpoint_name(self.global_step)
+        path = folder / checkpoint_name(state.global_step)
         self._flush_window(log=False)
+        snapshot = replace(
+            state,
+            optimizer=self.optimizer.state_dict(),
+            schedule=self.schedule.state_dict(),
+            scaler=self.scaler.state_dict() if self.scaler.is_enabled() else {},
+            callbacks={key: callback.state_dict() for key, callback in zip(state_keys(self.callbacks), self.callbacks)},
+            rng=gather_objects(capture_rng_state(), self.context),
+        )
         if self.is_main:
-            meta = {"epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch, "recipe": self.recipe.name}
-            path = save_checkpoint(folder, self.global_step, self.model, self._train_state(), meta)
+            meta = {"epoch": state.epoch, "batch_in_epoch": state.batch_in_epoch, "recipe": self.name}
+            path = save_checkpoint(folder, state.global_step, self.model, snapshot.to_dict(), meta)
         self._last_saved, self._last_checkpoint = position, path
         self._call("on_checkpoint", path)
         return path
 
-    def _train_state(self) -> dict[str, Any]:
-        keys = state_keys(self.callbacks)
-        return {
-            "format": 1,
-            "position": {"epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch, "global_step": self.global_step},
-            "stages_applied": list(self.stages_applied),
-            "optimizer": self.optimizer.state_dict(),
-            "schedule": self.schedule.state_dict(),
-            "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else {},
-            "rng": capture_rng_state(),
-            "callbacks": {key: callback.state_dict() for key, callback in zip(keys, self.callbacks)},
-            "progress": {
-                "epoch_loss_sum": self._epoch_loss[0],
-                "epoch_loss_count": self._epoch_loss[1],
-                "epoch_skipped": self._epoch_skipped,
-                "nonfinite_steps": self.nonfinite_steps,
-                "last_eval_step": self.last_eval_step,
-                "eval_pending": self.eval_pending,
-                "last_val_metrics": dict(self.last_val_metrics),
-                "history": [dict(row) for row in self.history],
-            },
-        }
-
-    def _restore(self, checkpoint: Checkpoint) -> None:
-        state = checkpoint.state
+    def _restore(self, checkpoint: Checkpoint, force: bool) -> None:
+        saved = TrainState.from_dict(checkpoint.state)
+        translate = check_resume_settings(saved.settings, self.state.settings, force=force, where=str(checkpoint.path))
         load_model_weights(self.model, {k: v.to(self.device) for k, v in checkpoint.weights.items()}, checkpoint.path)
-        for index in state["stages_applied"]:
-            apply_stage(self.model, self.recipe, self.optimizer, self.config.stages[index], index)
-            self.stages_applied.append(index)
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.schedule.load_state_dict(state["schedule"])
-        if state["scaler"] and self.scaler.is_enabled():
-            self.scaler.load_state_dict(state["scaler"])
+        for index in saved.stages_applied:
+            self._apply_stage(index, quiet=True)
+        self.optimizer.load_state_dict(saved.optimizer)
+        self.schedule.load_state_dict(saved.schedule)
+        if saved.scaler and self.scaler.is_enabled():
+            self.scaler.load_state_dict(saved.scaler)
         for key, callback in zip(state_keys(self.callbacks), self.callbacks):
-            saved = state["callbacks"].get(key)
-            if saved is not None:
-                callback.load_state_dict(saved)
-        position, progress = state["position"], state["progress"]
-        self.epoch, self.batch_in_epoch = position["epoch"], position["batch_in_epoch"]
-        self.global_step = position["global_step"]
-        self._epoch_loss = [progress["epoch_loss_sum"], progress["epoch_loss_count"]]
-        self._epoch_skipped = progress["epoch_skipped"]
-        self.nonfinite_steps = progress["nonfinite_steps"]
-        self.last_eval_step = progress["last_eval_step"]
-        self.eval_pending = progress["eval_pending"]
-        self.last_val_metrics = dict(progress["last_val_metrics"])
-        self.history = [dict(row) for row in progress["history"]]
-        restore_rng_state(state["rng"])
-        self._last_saved, self._last_checkpoint = (self.epoch, self.batch_in_epoch, self.global_step), checkpoint.path
+            if saved.callbacks.get(key) is not None:
+                callback.load_state_dict(saved.callbacks[key])
+        self._restore_rng(saved.rng)
+        self.state = replace(saved, settings=self.state.settings, optimizer={}, schedule={}, scaler={}, callbacks={}, rng=[])
+        if translate:
+            self._translate_position(saved.settings)
+        self._last_saved = (self.state.epoch, self.state.batch_in_epoch, self.state.global_step)
+        self._last_checkpoint = checkpoint.path
         self.log(f"resumed from {checkpoint.path} (epoch {self.epoch + 1}, step {self.global_step})")
 
-    def _result(self, last: Path) -> FitResult:
+    def _restore_rng(self, states: list[dict[str, Any]]) -> None:
+        """Each rank continues its own RNG stream. A checkpoint from another number of processes
+        (forced) or from mmfuse 0.1 (one state for all ranks) reseeds each rank from the step."""
+        rank, world = self.context.rank, self.context.world_size
+        if len(states) == world:
+            restore_rng_state(states[rank])
+            return
+        seed_everything(self.seed + rank + 1_000_003 * self.global_step)
+        self.log(f"the checkpoint holds {len(states)} RNG state(s) for {world} process(es): reseeded each rank")
+
+    def _translate_position(self, saved: dict[str, Any]) -> None:
+        """Resuming (forced) with another batch size or process count: keep the rows already seen."""
+        rows_seen = self.state.batch_in_epoch * saved["batch_size"] * saved["world_size"]
+        per_batch = self.data.batch_size * self.context.world_size
+        self.state.batch_in_epoch = min(self.batches_per_epoch, rows_seen // per_batch)
+
+    def _restore_best(self, last: Path) -> int | None:
+        """Load the best checkpoint's weights (``trainer.restore_best``) unless a signal stopped
+        the fit; return the step restored, or None."""
+        checkpointing = next(c for c in self.callbacks if isinstance(c, Checkpointing))
+        if not (self.config.restore_best and checkpointing.best_name) or self.stop_reason == "signal":
+            return None
+        best = last.parent / checkpointing.best_name
+        described = f"{checkpointing.monitor} {checkpointing.best_value:.6g}"
+        if best.name == last.name:
+            self.log(f"the last weights (step {self.global_step}) are the best ({described}): kept")
+            return self.global_step
+        checkpoint = read_checkpoint(best)
+        load_model_weights(self.model, {k: v.to(self.device) for k, v in checkpoint.weights.items()}, best)
+        step = int(checkpoint.meta["step"])
+        self.log(f"restored the best weights: step {step} ({described}) from {best}")
+        return step
+
+    def _result(self, last: Path, restored: int | None) -> FitResult:
         checkpointing = next(c for c in self.callbacks if isinstance(c, Checkpointing))
         best = last.parent / checkpointing.best_name if checkpointing.best_name else None
-        metrics = {**(self.history[-1] if self.history else {}), **self.last_val_metrics}
+        state = self.state
+        metrics = {**(state.history[-1] if state.history else {}), **state.last_val_metrics}
         return FitResult(
-            global_step=self.global_step,
-            epochs_completed=self.epoch,
+            global_step=state.global_step,
+            epochs_completed=state.epoch,
             stop_reason=self.stop_reason,
             last_checkpoint=last,
             best_checkpoint=best,
             best_metric=checkpointing.best_value,
             metrics=metrics,
-            history=list(self.history),
+            history=list(state.history),
+            restored_step=restored,
+            signal=self.signals.name or None if self.stop_reason == "signal" else None,
         )
+
+    def _run_settings(self, optimizer: OptimizerConfig | None, scheduler: SchedulerConfig | None) -> dict[str, Any]:
+        """What this run is started with, saved in checkpoints (see :mod:`mmfuse.engine.run_settings`)."""
+        data = self.data
+        encoders: dict[str, Any] = {}
+        if self.recipe is not None:
+            for name, slot in self.recipe.to_dict()["encoders"].items():
+                encoders[name] = {k: v for k, v in slot.items() if k not in ("lr", "weight_decay")}
+        return {
+            "seed": self.seed,
+            "batch_size": data.batch_size,
+            "world_size": self.context.world_size,
+            "grad_accum_steps": self.config.grad_accum_steps,
+            "shuffle": data.shuffle,
+            "drop_last": data.drop_last,
+            "train_rows": len(self.train_dataset),  # type: ignore[arg-type]
+            "encoders": encoders,
+            "optimizer": (optimizer or OptimizerConfig()).model_dump(mode="json"),
+            "scheduler": (scheduler or SchedulerConfig()).model_dump(mode="json"),
+        }

@@ -71,6 +71,9 @@ class ContrastiveTask(Task):
     fused vector is not used."""
 
     needs_target = False
+    reads_fused = False
+    #: the loss gathers the other processes' embeddings (when ``gather_across_processes``)
+    uses_collectives = True
 
     def __init__(self, config: ContrastiveConfig, encoder_dims: dict[str, int]) -> None:
         super().__init__()
@@ -80,6 +83,7 @@ class ContrastiveTask(Task):
                 f"contrastive: encoders {unknown} are not in this recipe; encoders: {sorted(encoder_dims)}"
             )
         self.config = config
+        self.uses_collectives = config.gather_across_processes
         self.left, self.right = config.encoders
         self.encoder_dims = {name: encoder_dims[name] for name in config.encoders}
         self.projections = nn.ModuleDict(
@@ -120,6 +124,13 @@ class ContrastiveTask(Task):
             left, right = gather_with_local_grad(left), gather_with_local_grad(right)
             valid = gather_with_local_grad(valid.to(torch.uint8)).bool()
         return symmetric_info_nce(left, right, valid, outputs["logit_scale"])
+
+    def empty_loss(self, device: torch.device) -> Tensor:
+        """The loss over the other processes' pairs, entering the same gathers with zero rows."""
+        rows = torch.zeros((0, self.config.embed_dim), device=device)
+        valid = torch.zeros(0, dtype=torch.bool, device=device)
+        outputs = {"left": rows, "right": rows, "valid": valid, "logit_scale": self.logit_scale().to(device)}
+        return self.loss(outputs)
 
     def build_metrics(self) -> torchmetrics.MetricCollection:
         return torchmetrics.MetricCollection({"recall@1": RetrievalRecall(1), "recall@5": RetrievalRecall(5)})

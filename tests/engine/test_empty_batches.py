@@ -61,8 +61,11 @@ def test_all_bad_batches_are_stepped_over(tmp_path, capsys):
     assert result.stop_reason == "completed" and result.global_step == 6  # 3 steps per epoch
     assert calls and all(calls)  # the model never saw an empty batch (training or evaluation)
     assert [row["train/skipped"] for row in result.history] == [6, 6]
-    assert "epoch 2: skipped 6 bad sample(s)" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "epoch 2: skipped 6 bad sample(s)" in out
     assert math.isfinite(result.metrics["train/loss"]) and math.isfinite(result.metrics["val/loss"])
+    assert result.metrics["val/skipped"] == 6  # the validation split's bad rows are counted too
+    assert "validation skipped 6 bad sample(s)" in out
     # the step without any data did not update: AdamW counted 2 of the 3 steps per epoch
     first = fitted.optimizer.param_groups[0]["params"][0]
     assert int(fitted.optimizer.state[first]["step"]) == 4

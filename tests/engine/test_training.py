@@ -20,13 +20,13 @@ from tests.engine.tiny import SyntheticRows, TinyCollate, tiny_model, tiny_recip
 QUIET = {"progress": "off", "tensorboard": "off"}
 
 
-def fit(recipe, run_dir, *, callbacks=(), train=None, val=None, collate=None, resume=None, seed=0):
+def fit(recipe, run_dir, *, callbacks=(), train=None, val=None, collate=None, resume=None, seed=0, resume_force=False):
     model = tiny_model(recipe, seed=seed)
     trainer = Trainer(
         model, recipe, train or SyntheticRows(32), (collate or TinyCollate)(model),
         val_dataset=val, run_dir=run_dir, callbacks=list(callbacks),
     )
-    return trainer, trainer.fit(resume=resume)
+    return trainer, trainer.fit(resume=resume, resume_force=resume_force)
 
 
 def no_dropout(**trainer):
@@ -167,7 +167,7 @@ def test_evaluate_standalone_reports_loss_and_task_metrics(tmp_path):
     trainer = Trainer(model, recipe, SyntheticRows(8), TinyCollate(model), run_dir=tmp_path)
     data = SyntheticRows(10, seed=4)
     metrics = trainer.evaluate(data, prefix="test")
-    assert set(metrics) == {"test/loss", "test/label/loss", "test/label/accuracy", "test/label/precision", "test/label/recall", "test/label/f1"}
+    assert set(metrics) == {"test/loss", "test/label/loss", "test/label/accuracy", "test/label/precision", "test/label/recall", "test/label/f1", "test/skipped"}
     batch = TinyCollate(model)([data[i] for i in range(10)])
     model.eval()
     with torch.no_grad():
@@ -214,7 +214,7 @@ def test_sigterm_during_evaluation_checkpoints_and_reruns_it_on_resume(tmp_path)
     trainer, result = fit(recipe, tmp_path, val=val)
     assert result.stop_reason == "signal" and result.global_step == 3
     checkpoint = find_resumable(tmp_path)
-    assert checkpoint.state["progress"]["eval_pending"] is True
+    assert checkpoint.state["eval_pending"] is True
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # handlers restored after the fit
 
     resumed, result = fit(recipe, tmp_path, val=val, resume=tmp_path)

@@ -27,7 +27,8 @@ def tiny_recipe(*overrides: str, **sections: Any) -> Recipe:
         "trainer": {"epochs": 2, "log_every_steps": 2, "progress": "off", "tensorboard": "off"},
     }
     for section, values in sections.items():
-        raw[section] = {**raw.get(section, {}), **values} if isinstance(values, dict) else values
+        merges = isinstance(values, dict) and section not in ("encoders", "fusion", "tasks")  # replaced whole
+        raw[section] = {**raw.get(section, {}), **values} if merges else values
     return parse_recipe(raw, overrides=list(overrides))
 
 

@@ -31,6 +31,7 @@ STORED_VAL = {
     "val/score/mae": 0.9351553916931152,
     "val/score/r2": -0.02027261257171631,
     "val/score/rmse": 1.0820097923278809,
+    "val/skipped": 0.0,  # validation rows the data pipeline skipped
 }
 
 

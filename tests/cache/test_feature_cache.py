@@ -65,7 +65,7 @@ def test_an_encoder_thawed_by_a_stage_runs_again_from_that_stage(demo_recipe, tm
     probe = StoreProbe()
     cached = _train(demo_recipe(*FROZEN, *SHORT, *stage, "data.feature_cache=auto"), tmp_path / "cached", probe)
     _assert_same_weights(cached, plain)
-    # image: computed and stored in epoch 1 (3 batches) and its validation (1); served in the
-    # validation after epoch 1 and all of epoch 2; from epoch 3 on it trains and is not consulted
-    assert (probe.computed["image"], probe.served["image"]) == (3 + 1, 1 + 3 + 1)
+    # image: computed and stored in epoch 1 (3 batches) and its validation (1); served in all of
+    # epoch 2 and its validation; from the first step of epoch 3 on it trains and is not consulted
+    assert (probe.computed["image"], probe.served["image"]) == (3 + 1, 3 + 1)
     assert probe.served["text"] >= 6

@@ -102,10 +102,16 @@ def test_early_stopping_stops_and_says_why(tmp_path):
     assert len((tmp_path / "metrics.csv").read_text().splitlines()) == 1 + 3
 
 
-def test_early_stopping_named_in_the_recipe_reports_a_missing_metric(tmp_path):
-    recipe = tiny_recipe(trainer=QUIET, callbacks=[{"type": "mmfuse/early_stopping", "monitor": "val/label/acc"}])
+def test_early_stopping_reports_a_missing_metric(tmp_path):
+    from mmfuse.engine.callbacks import EarlyStopping
+    from mmfuse.engine.config import EarlyStoppingConfig
+    from mmfuse.recipe import RecipeError
+
+    with pytest.raises(RecipeError, match="val/label/accuracy"):  # named in a recipe: caught when it is read
+        tiny_recipe(trainer=QUIET, callbacks=[{"type": "mmfuse/early_stopping", "monitor": "val/label/acc"}])
+    stopping = EarlyStopping(EarlyStoppingConfig(monitor="val/label/acc"))  # given from Python: at the first evaluation
     with pytest.raises(KeyError, match="val/label/accuracy"):
-        fit(recipe, tmp_path, val=SyntheticRows(8, seed=2))
+        fit(tiny_recipe(trainer=QUIET), tmp_path, val=SyntheticRows(8, seed=2), callbacks=[stopping])
 
 
 class PoisonedCollate(TinyCollate):

@@ -26,6 +26,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. trainer.epochs=3")
     parser.add_argument("--run-dir", type=Path, help="run folder (default: <output_dir>/<name>-<time>)")
     parser.add_argument("--resume", type=Path, metavar="RUN", help="continue the run in this folder from its last checkpoint")
+    parser.add_argument("--verbose", action="store_true", help="keep third-party progress bars (model loading, downloads)")
     parser.add_argument(
         "--resume-force", action="store_true",
         help="resume even though the seed, batch size, process count or preprocessing changed (not exact)",
@@ -55,6 +56,10 @@ def run(args: argparse.Namespace) -> int:
     # the fit installs its own handlers (checkpoint, then stop) and puts these back afterwards
     previous = {number: signal.signal(number, _raise_signalled) for number in (signal.SIGTERM, signal.SIGINT)}
     phase = "before training started; nothing was trained"
+    if not args.verbose:
+        from mmfuse.progress_bars import silence_third_party_progress_bars
+
+        silence_third_party_progress_bars()
     try:
         from mmfuse.plugins import get_registry
         from mmfuse.recipe import load_recipe

@@ -11,6 +11,7 @@ import torch
 
 from mmfuse.engine.callbacks import Callback, Checkpointing, EarlyStopping
 from mmfuse.engine.config import TrainerConfig
+from mmfuse.engine.step_time import SlowStepWarning
 from mmfuse.engine.loggers import CSVLogger, ProgressLogger, TensorBoardLogger, tensorboard_available
 from mmfuse.model import FusedModel
 from mmfuse.recipe import Recipe
@@ -61,6 +62,8 @@ def build_callbacks(config: TrainerConfig, chosen: list[Callback]) -> list[Callb
             chosen.append(TensorBoardLogger())
     if config.progress != "off":
         chosen.append(ProgressLogger(config.progress))
+    if config.slow_step_factor is not None:
+        builtins.append(SlowStepWarning(config.slow_step_factor))
     return builtins + chosen + [CSVLogger()]
 
 

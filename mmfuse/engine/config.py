@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -117,6 +117,16 @@ class TrainerConfig(_Section):
         True,
         description="after the fit, load the best checkpoint's weights (checkpoint.keep_best) before test "
         "evaluation and export; false keeps the last weights",
+    )
+    num_threads: Annotated[int, Field(ge=1)] | Literal["auto"] = Field(
+        "auto", description="intra-op CPU threads of each training process; 'auto': its cores (shared between "
+        "torchrun processes) minus one per data.num_workers, or OMP_NUM_THREADS when set (printed at start)",
+    )
+    interop_threads: Annotated[int, Field(ge=1)] | Literal["auto"] = Field(
+        "auto", description="inter-op CPU threads; 'auto': num_threads, at most 4"
+    )
+    slow_step_factor: float | None = Field(
+        5.0, gt=1, description="warn when steps become this many times slower than the first ones; null: never"
     )
     find_unused_parameters: bool = Field(
         False, description="DDP: set when some parameters get no gradient in a step (a modality absent from a batch)"

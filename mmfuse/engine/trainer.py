@@ -46,6 +46,7 @@ from mmfuse.engine.config import OptimizerConfig, SchedulerConfig, TrainerConfig
 from mmfuse.engine.distributed import all_reduce_sum, any_rank_true, gather_objects, init_distributed
 from mmfuse.engine.evaluation import EvaluationInterrupted, batches_on_every_rank, evaluate_model, most_batches_on_a_rank
 from mmfuse.engine.loading import batches_per_epoch, build_loader, move_to_device, start_epoch
+from mmfuse.engine.threads import apply_thread_settings
 from mmfuse.engine.rng import capture_rng_state, make_deterministic, restore_rng_state, seed_everything
 from mmfuse.engine.run_settings import check_resume_settings
 from mmfuse.engine.schedule import LRSchedule
@@ -254,6 +255,7 @@ class Trainer:
 
     def _start(self, resume: Path | str | None, resume_force: bool) -> None:
         seed_everything(self.seed + self.context.rank)
+        apply_thread_settings(self.config, self.data, self.log)
         if self.config.deterministic:
             make_deterministic()
         if self.is_main:

@@ -8,6 +8,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from mmfuse.hookspecs import hookimpl
+from mmfuse_plugins.augment import TextAugmentConfig
 
 __all__ = ["TextHFConfig"]
 
@@ -22,6 +23,9 @@ class TextHFConfig(BaseModel):
     )
     pooling: Literal["cls", "mean", "max"] = Field("mean", description="how token features become one vector")
     max_length: int = Field(128, gt=1, description="tokens kept per text (longer texts are truncated)")
+    augment: TextAugmentConfig | None = Field(
+        None, description="training-time token dropout: tokens replaced by the unknown (or mask) token"
+    )
 
 
 @hookimpl

@@ -27,12 +27,13 @@ class TextPreprocessor(Preprocessor):
 
     modality = "text"
 
-    def __init__(self, tokenizer: Any, max_length: int) -> None:
+    def __init__(self, tokenizer: Any, max_length: int, token_dropout: float = 0.0) -> None:
         if tokenizer.pad_token_id is None:
             # decoder-only tokenizers (GPT-2) have no pad token; the mask makes its value irrelevant
             tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
         self.tokenizer = tokenizer
         self.max_length = max_length
+        self.token_dropout = token_dropout
         self._blank = self._encode("")
 
     def _encode(self, text: str) -> dict[str, Tensor]:
@@ -46,6 +47,24 @@ class TextPreprocessor(Preprocessor):
         if not isinstance(value, str):
             raise SampleError(f"expected text (a string), got {type(value).__name__}: {value!r:.80}")
         return self._encode(value)
+
+    @property
+    def augmentation_enabled(self) -> bool:
+        return self.token_dropout > 0
+
+    def augment(self, tensors: dict[str, Tensor], generator: torch.Generator) -> dict[str, Tensor]:
+        """Token dropout: tokens replaced by the mask token (or the unknown token), specials kept."""
+        if not self.augmentation_enabled:
+            return tensors
+        from mmfuse_plugins.augment.text import drop_tokens
+
+        replacement = self.tokenizer.mask_token_id
+        if replacement is None:
+            replacement = self.tokenizer.unk_token_id
+        if replacement is None:
+            return tensors  # nothing neutral to replace tokens with (byte-level BPE without <unk>)
+        keep = set(self.tokenizer.all_special_ids) - {replacement}
+        return {**tensors, "input_ids": drop_tokens(tensors["input_ids"], self.token_dropout, replacement, keep, generator)}
 
     def collate(self, items: Sequence[dict[str, Tensor] | None]) -> dict[str, Tensor]:
         # a missing text becomes the encoding of "" (real tokens, so attention never sees an
@@ -87,7 +106,8 @@ class TextHFEncoder(Encoder):
         return EncoderOutput(tokens=tokens, mask=mask, pooled=pool_tokens(tokens, mask, self.config.pooling))
 
     def preprocessor(self) -> TextPreprocessor:
-        return TextPreprocessor(self.tokenizer, self.config.max_length)
+        dropout = self.config.augment.token_dropout if self.config.augment is not None else 0.0
+        return TextPreprocessor(self.tokenizer, self.config.max_length, token_dropout=dropout)
 
     def layer_groups(self) -> list[nn.Module]:
         return hf_layer_groups(self.model)

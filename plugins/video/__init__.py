@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from mmfuse.backbones.image_settings import ImagePreprocessingOverrides
 from mmfuse.hookspecs import hookimpl
+from mmfuse_plugins.augment import VideoAugmentConfig
 
 __all__ = ["FrameSampling", "VideoFramesConfig", "VideoNativeConfig"]
 
@@ -41,6 +42,9 @@ class VideoFramesConfig(FrameSampling, ImagePreprocessingOverrides):
     temporal: Literal["mean", "transformer"] = Field("mean", description="how frame features are combined")
     temporal_layers: int = Field(1, ge=1, description="layers of the temporal transformer")
     temporal_heads: int = Field(4, ge=1, description="attention heads of the temporal transformer")
+    augment: VideoAugmentConfig | None = Field(
+        None, description="training-time augmentation: temporal jitter + image steps per clip (training split only)"
+    )
 
 
 class VideoNativeConfig(FrameSampling, ImagePreprocessingOverrides):
@@ -53,6 +57,9 @@ class VideoNativeConfig(FrameSampling, ImagePreprocessingOverrides):
     )
     pretrained: bool = Field(True, description="load pretrained weights (torchvision: Kinetics-400)")
     checkpoint: str | None = Field(None, description="torchvision models: a local state-dict file to load")
+    augment: VideoAugmentConfig | None = Field(
+        None, description="training-time augmentation: temporal jitter + image steps per clip (training split only)"
+    )
 
 
 @hookimpl

@@ -12,6 +12,7 @@ from torch import Tensor
 
 from mmfuse.backbones.image_settings import build_image_transform
 from mmfuse.contracts import Preprocessor, SampleError
+from mmfuse_plugins.augment import VideoAugmentConfig
 
 __all__ = ["target_times", "decode_video_frames", "VideoPreprocessor"]
 
@@ -94,8 +95,9 @@ class VideoPreprocessor(Preprocessor):
     reads_files = True
 
     def __init__(self, image_settings: dict[str, Any], num_frames: int, sampling: str, fps: float | None,
-                 pad_with_last: bool = False) -> None:
+                 pad_with_last: bool = False, augment: VideoAugmentConfig | None = None) -> None:
         self.image_settings = dict(image_settings)
+        self.augment_config = augment
         self.num_frames = num_frames
         self.sampling = sampling
         self.fps = fps
@@ -123,6 +125,27 @@ class VideoPreprocessor(Preprocessor):
         mask = torch.zeros(self.num_frames, dtype=torch.long)
         mask[:real] = 1
         return {"frames": frames, "frame_mask": mask}
+
+    @property
+    def augmentation_enabled(self) -> bool:
+        from mmfuse_plugins.augment.image import image_augment_active
+
+        config = self.augment_config
+        return config is not None and (bool(config.temporal_jitter) or image_augment_active(config))
+
+    def augment(self, tensors: dict[str, Tensor], generator: torch.Generator) -> dict[str, Tensor]:
+        """Temporal jitter of the real frames, then the image steps with one set of random
+        parameters for the whole clip (padding frames stay as they are)."""
+        if not self.augmentation_enabled:
+            return tensors
+        from mmfuse_plugins.augment.image import ImageAugmenter, image_augment_active, jitter_frame_order
+
+        frames, real = tensors["frames"], int(tensors["frame_mask"].sum())
+        clip = frames[:real][jitter_frame_order(real, self.augment_config, generator)]
+        if image_augment_active(self.augment_config):
+            augmenter = ImageAugmenter(self.augment_config, self.image_settings["mean"], self.image_settings["std"])
+            clip = augmenter(clip, generator)
+        return {**tensors, "frames": torch.cat([clip, frames[real:]])}
 
     def collate(self, items: Sequence[dict[str, Tensor] | None]) -> dict[str, Tensor]:
         # a missing clip is zero frames whose first frame counts as real, so masked pooling and

@@ -61,7 +61,7 @@ class FramesVideoEncoder(Encoder):
 
     def preprocessor(self) -> VideoPreprocessor:
         c = self.config
-        return VideoPreprocessor(self._image_settings, c.num_frames, c.sampling, c.fps)
+        return VideoPreprocessor(self._image_settings, c.num_frames, c.sampling, c.fps, augment=c.augment)
 
     def layer_groups(self) -> list[nn.Module]:
         groups = timm_layer_groups(self.backbone)

@@ -73,7 +73,9 @@ class NativeVideoEncoder(Encoder):
 
     def preprocessor(self) -> VideoPreprocessor:
         c = self.config
-        return VideoPreprocessor(self._image_settings, self.num_frames, c.sampling, c.fps, pad_with_last=True)
+        return VideoPreprocessor(
+            self._image_settings, self.num_frames, c.sampling, c.fps, pad_with_last=True, augment=c.augment
+        )
 
     def layer_groups(self) -> list[nn.Module]:
         return self.backbone.stages() if self.is_torchvision else hf_layer_groups(self.backbone)

@@ -81,3 +81,38 @@ def test_a_resumed_run_trains_bit_identically(small_data, tmp_path):
     assert expected.keys() == actual.keys()
     different = [key for key in expected if not torch.equal(expected[key], actual[key])]
     assert not different, different[:5]
+
+
+def test_video_clip_gets_one_set_of_image_parameters_and_ordered_jitter(tmp_path):
+    from mmfuse_plugins.augment import VideoAugmentConfig
+    from mmfuse_plugins.augment.image import jitter_frame_order
+    from mmfuse_plugins.video.decode import VideoPreprocessor
+    from mmfuse.data.augmentation import sample_generator
+
+    settings = {"image_size": [8, 8], "interpolation": "bilinear", "mean": [0.5] * 3, "std": [0.5] * 3,
+                "crop_pct": 1.0, "crop_mode": "center"}
+    flip = VideoPreprocessor(settings, 4, "uniform", None, augment=VideoAugmentConfig(hflip=1.0))
+    frames = torch.rand(4, 3, 8, 8) * 2 - 1
+    frames[3] = 0  # one padding frame
+    mask = torch.tensor([1, 1, 1, 0])
+    out = flip.augment({"frames": frames, "frame_mask": mask}, sample_generator(0, 0, 0, "video"))["frames"]
+    assert torch.allclose(out[:3], frames[:3].flip(-1), atol=1e-6), "every real frame flipped alike"
+    assert torch.equal(out[3], frames[3]), "padding frames untouched"
+    order = jitter_frame_order(16, VideoAugmentConfig(temporal_jitter=2), sample_generator(0, 0, 1, "video"))
+    assert torch.equal(order, order.sort().values) and not torch.equal(order, torch.arange(16))
+    assert int((order - torch.arange(16)).abs().max()) <= 2 * 2
+
+
+def test_text_hf_token_dropout_keeps_special_tokens(tmp_path):
+    from mmfuse.testing.tiny_models import save_tiny_bert
+    from mmfuse_plugins.text_hf import TextHFConfig
+    from mmfuse_plugins.text_hf.encoder import build_text_encoder
+    from mmfuse.data.augmentation import sample_generator
+
+    config = TextHFConfig(model=str(save_tiny_bert(tmp_path / "bert")), augment={"token_dropout": 0.999})
+    preprocessor = build_text_encoder(config).preprocessor()
+    item = preprocessor("the cat sat on the mat")
+    out = preprocessor.augment(item, sample_generator(0, 0, 0, "text"))["input_ids"]
+    tokenizer = preprocessor.tokenizer
+    assert out[0] == tokenizer.cls_token_id and out[-1] == tokenizer.sep_token_id
+    assert (out[1:-1] == tokenizer.mask_token_id).all() and out.shape == item["input_ids"].shape

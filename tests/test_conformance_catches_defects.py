@@ -123,6 +123,22 @@ class SelfTrainingNormEncoder(WordsEncoder):
         return EncoderOutput(out.tokens, out.mask, self.norm(out.pooled))
 
 
+class BlankMissingRowPreprocessor(WordsPreprocessor):
+    def collate(self, items):
+        rows = [torch.zeros(1, dtype=torch.long) if item is None else item["ids"] for item in items]  # padding only
+        ids = torch.zeros(len(rows), max(len(r) for r in rows), dtype=torch.long)
+        for index, row in enumerate(rows):
+            ids[index, : len(row)] = row
+        return {"ids": ids}
+
+
+class BlankMissingRowEncoder(WordsEncoder):
+    """Its collate gives a missing (None) row no real token (docs/encoders.md forbids it)."""
+
+    def preprocessor(self):
+        return BlankMissingRowPreprocessor(self.config.vocab)
+
+
 class DriftingConfig(WordsConfig):
     @field_validator("dim")
     @classmethod
@@ -162,6 +178,23 @@ class TokenMaskIgnoringFusion(MaskIgnoringFusion):
         return torch.stack(parts).sum(0)
 
 
+class ProjectsBeforeMaskingFusion(FusionHead):
+    """The v0.1 acme/max: projects every pooled vector, then masks the absent ones. The output is
+    right, but a NaN in an absent row reaches the projection's weight gradient (0 * NaN)."""
+
+    def __init__(self, config, input_dims):
+        super().__init__()
+        self.names = sorted(input_dims)
+        self.projections = nn.ModuleDict({n: nn.Linear(d, 4) for n, d in input_dims.items()})
+        self.output_dim = 4
+
+    def forward(self, features, present):
+        projected = torch.stack([self.projections[n](features[n].pooled) for n in self.names if n in features], 1)
+        keep = torch.stack([present[n] for n in self.names if n in features], 1).unsqueeze(-1)
+        pooled = projected.masked_fill(~keep, torch.finfo(projected.dtype).min).amax(1)
+        return torch.where(keep.any(1), pooled, torch.zeros_like(pooled))
+
+
 # --------------------------------------------------------------------------- broken tasks
 
 
@@ -199,6 +232,46 @@ class PerSampleLossTask(ScoreTask):
         return F.mse_loss(outputs, targets, reduction="none")  # not reduced to a scalar
 
 
+class LabelledTask(ScoreTask):
+    """Three classes named in ``self.labels``."""
+
+    def __init__(self, config, fused_dim, encoder_dims):
+        super().__init__(config, fused_dim, encoder_dims)
+        self.labels = ["a", "b", "c"]
+        self.head = nn.Linear(fused_dim, 3)
+
+    def encode_target(self, value):
+        return torch.tensor(int(float(value)) % 3)
+
+    def loss(self, outputs, targets):
+        return F.cross_entropy(outputs, targets)
+
+    def build_metrics(self):
+        import torchmetrics
+
+        return torchmetrics.MetricCollection({"accuracy": torchmetrics.classification.MulticlassAccuracy(3)})
+
+    def predict(self, outputs):
+        return [self.labels[i] for i in outputs.argmax(-1).tolist()]
+
+    def probabilities(self, outputs):
+        return outputs.softmax(-1)
+
+
+class UndeclaredLabelsTask(LabelledTask):
+    pass  # label_names() stays None: labels.json, exports and predict_proba would get no names
+
+
+class MiscountedLabelsTask(LabelledTask):
+    def label_names(self):
+        return ["a", "b"]  # three probability columns
+
+
+class DeclaredLabelsTask(LabelledTask):
+    def label_names(self):
+        return list(self.labels)
+
+
 class DefectsPlugin:
     @hookimpl
     def mmfuse_register_encoders(self, register):
@@ -211,17 +284,22 @@ class DefectsPlugin:
         register("test/foreign_layers", builder=ForeignLayersEncoder, config=WordsConfig)
         register("test/drifting_config", builder=DriftingEncoder, config=DriftingConfig)
         register("test/self_training_norm", builder=SelfTrainingNormEncoder, config=WordsConfig)
+        register("test/blank_missing_row", builder=BlankMissingRowEncoder, config=WordsConfig)
 
     @hookimpl
     def mmfuse_register_fusions(self, register):
         register("test/mask_ignoring", builder=MaskIgnoringFusion)
         register("test/token_mask_ignoring", builder=TokenMaskIgnoringFusion)
+        register("test/projects_before_masking", builder=ProjectsBeforeMaskingFusion)
 
     @hookimpl
     def mmfuse_register_tasks(self, register):
         register("test/score", builder=ScoreTask)
         register("test/unused_head", builder=UnusedHeadTask)
         register("test/per_sample_loss", builder=PerSampleLossTask)
+        register("test/undeclared_labels", builder=UndeclaredLabelsTask)
+        register("test/miscounted_labels", builder=MiscountedLabelsTask)
+        register("test/declared_labels", builder=DeclaredLabelsTask)
 
 
 CHECKS = {"encoder": check_encoder, "fusion": check_fusion, "task": check_task}
@@ -236,10 +314,14 @@ DEFECTS = [
     ("encoder", "test/foreign_layers", "frozen", ["layer_groups()", "not part of the encoder", "1 (Linear)"]),
     ("encoder", "test/drifting_config", "config_roundtrip", ["model_dump", "dim=8) became", "dim=9)"]),
     ("encoder", "test/self_training_norm", "frozen", ["changed buffers of the frozen encoder", "norm.running_mean"]),
+    ("encoder", "test/blank_missing_row", "missing_row", ["missing (None) row no real token", "at least one real token"]),
     ("fusion", "test/mask_ignoring", "missing_modality", ["samples [1, 3]", "absent", "present=False"]),
+    ("fusion", "test/projects_before_masking", "garbage_in_absent_and_padding", ["non-finite gradients", "NaN", "projections.right.weight", "torch.where"]),
     ("fusion", "test/token_mask_ignoring", "token_mask", ["padded positions"]),
     ("task", "test/unused_head", "loss_and_gradients", ["no gradient from the loss", "second_head.weight"]),
     ("task", "test/per_sample_loss", "loss_and_gradients", ["0-dim tensor"]),
+    ("task", "test/undeclared_labels", "label_names", ["keeps labels in .labels", "label_names() returns None"]),
+    ("task", "test/miscounted_labels", "label_names", ["2 labels but probabilities() has 3 columns"]),
 ]
 
 
@@ -266,9 +348,10 @@ def test_correct_components_pass_every_check(defects):
     report = check_encoder("test/words", registry=defects)
     assert report.passed == [
         "config_roundtrip", "build", "preprocess", "forward", "gradients", "frozen",
-        "padding_invariance", "determinism", "bf16_autocast", "save_load",
+        "padding_invariance", "missing_row", "determinism", "bf16_autocast", "save_load",
     ]
     assert check_task("test/score", registry=defects).skipped == {}
+    assert "label_names" in check_task("test/declared_labels", targets=[0, 1, 2, 1], registry=defects).passed
 
 
 def test_only_the_defective_checks_fail(defects):
@@ -276,7 +359,7 @@ def test_only_the_defective_checks_fail(defects):
         check_encoder("test/unused_param", registry=defects)
     assert caught.value.checks == ["gradients"]
     assert "frozen" in caught.value.passed and "save_load" in caught.value.passed
-    assert str(caught.value).startswith("encoder 'test/unused_param' failed 1 of 10 conformance checks:")
+    assert str(caught.value).startswith("encoder 'test/unused_param' failed 1 of 11 conformance checks:")
 
 
 def test_a_config_that_does_not_validate_names_the_component_and_the_fix(defects):
@@ -290,8 +373,11 @@ def test_conformance_cases_select_by_namespace_and_reject_unknown_names(isolated
     isolated_plugin_manager.register(DefectsPlugin(), "defects")
     defects = isolated_plugin_manager.build_registry()
     cases = conformance_cases(["task"], namespace="test", registry=defects)
-    assert [case.id for case in cases] == ["task:test/per_sample_loss", "task:test/score", "task:test/unused_head"]
+    assert [case.id for case in cases] == [
+        "task:test/declared_labels", "task:test/miscounted_labels", "task:test/per_sample_loss",
+        "task:test/score", "task:test/undeclared_labels", "task:test/unused_head",
+    ]
     with pytest.raises(ConformanceError, match="task 'test/unused_head' failed"):
-        cases[2].check()
+        cases[-1].check()
     with pytest.raises(ValueError, match=r"no registered encoder named \['test/wrods'\]"):
         conformance_cases(["encoder"], ["test/wrods"], registry=defects)

@@ -15,17 +15,14 @@ from mmfuse.testing.harness import (
     Subject,
     assert_close,
     assert_finite,
-    bf16_autocast,
-    check_config_roundtrip,
-    expect_finite_gradients,
     expect_gradients,
-    in_folder,
     partner_registry,
     resolve_subject,
 )
-from mmfuse.testing.model_checks import artifact_available, check_frozen, check_save_load
+from mmfuse.testing.model_checks import check_frozen
 from mmfuse.testing.report import CheckRunner, ConformanceReport, expect
 from mmfuse.testing.samples import component_samples
+from mmfuse.testing.suite import SaveLoadValues, build_checked, check_agree, check_bf16, evaluating, run_suite
 
 __all__ = ["check_encoder"]
 
@@ -46,45 +43,33 @@ def check_encoder(
     model folder go (default: a temporary folder).
     """
     subject = resolve_subject("encoder", name_or_spec, config, registry)
-    return in_folder(folder, lambda path: _run(subject, samples, path))
+
+    def checks(runner: CheckRunner, encoder: Encoder, path: Path) -> SaveLoadValues | None:
+        return _checks(runner, subject, encoder, samples, path)
+
+    return run_suite(subject, folder, lambda s: build_checked(s, Encoder, output_dim=True), checks)
 
 
-def _run(subject: Subject, samples: Sequence[Any] | None, folder: Path) -> ConformanceReport:
-    runner = CheckRunner("encoder", subject.label)
-    torch.manual_seed(0)
-    runner.run("config_roundtrip", lambda: check_config_roundtrip(subject))
-    encoder = runner.run("build", lambda: _build(subject))
-    if encoder is None:
-        return runner.finish()
+def _checks(
+    runner: CheckRunner, subject: Subject, encoder: Encoder, samples: Sequence[Any] | None, folder: Path
+) -> SaveLoadValues | None:
     prepared = runner.run("preprocess", lambda: _preprocess(subject, encoder, samples, folder))
     if prepared is None:
-        return runner.finish()
+        return None
     preprocessor, values, items = prepared
     batch = preprocessor.collate(items)
     runner.run("forward", lambda: _check_forward(encoder, preprocessor, batch, len(items)))
     runner.run("gradients", lambda: _check_gradients(encoder, batch))
-    registry = partner_registry(subject.spec)
     targets = [0.5 * i for i in range(len(values))]
-    runner.run("frozen", lambda: check_frozen(subject, registry, values, targets))
+    runner.run("frozen", lambda: check_frozen(subject, partner_registry(subject.spec), values, targets))
     runner.run("padding_invariance", lambda: _check_padding_invariance(encoder, preprocessor, items))
+    runner.run("missing_row", lambda: _check_missing_row(encoder, preprocessor, items))
     runner.run("determinism", lambda: _check_determinism(encoder, batch))
-    runner.run("bf16_autocast", lambda: _check_bf16(encoder, batch))
-    if artifact_available():
-        runner.run(
-            "save_load",
-            lambda: check_save_load(subject, registry, {"subject": values}, {"probe": targets}, folder / "model"),
-        )
-    else:
-        runner.skip("save_load", "mmfuse.artifact is not installed")
-    return runner.finish()
-
-
-def _build(subject: Subject) -> Encoder:
-    encoder = subject.spec.build(subject.config)
-    expect(isinstance(encoder, Encoder), f"builder returned {type(encoder).__name__}, not an mmfuse.contracts.Encoder")
-    dim = getattr(encoder, "output_dim", None)
-    expect(isinstance(dim, int) and dim > 0, f"output_dim must be a positive int, got {dim!r}")
-    return encoder
+    runner.run(
+        "bf16_autocast",
+        lambda: check_bf16(encoder, lambda: _pooled_and_square(encoder, batch), "pooled", encoder.output_dim),
+    )
+    return {"subject": values}, {"probe": targets}
 
 
 def _preprocess(
@@ -152,8 +137,7 @@ def _check_gradients(encoder: Encoder, batch: dict) -> None:
 
 
 def _check_padding_invariance(encoder: Encoder, preprocessor: Preprocessor, items: list) -> None:
-    encoder.eval()
-    with torch.no_grad():
+    with evaluating(encoder):
         together = encoder(preprocessor.collate([*items, None]))
         expect(
             together.pooled.shape[0] == len(items) + 1,
@@ -174,24 +158,27 @@ def _check_padding_invariance(encoder: Encoder, preprocessor: Preprocessor, item
                 f"pooled output of sample {index} alone vs in a padded batch of {len(items) + 1} (padding "
                 f"or batch size changes it; pool over mask=True positions only)",
             )
-    encoder.train()
+
+
+def _check_missing_row(encoder: Encoder, preprocessor: Preprocessor, items: list) -> None:
+    """A missing (None) row still gets a real token: encoders and exports that run every row would
+    otherwise attend over nothing (NaN in a softmax) for it."""
+    with evaluating(encoder):
+        out = encoder(preprocessor.collate([items[0], None]))
+    expect(
+        bool(out.mask[1].any()),
+        "collate([item, None]) gives the missing (None) row no real token (its mask is all False); give it "
+        "at least one real token (e.g. the encoding of an empty value): the presence mask excludes it downstream",
+    )
+    assert_finite(out.pooled[1], "pooled output of the missing (None) row")
 
 
 def _check_determinism(encoder: Encoder, batch: dict) -> None:
-    encoder.eval()
-    with torch.no_grad():
+    with evaluating(encoder):
         first, second = encoder(batch), encoder(batch)
-    assert_close(second.pooled, first.pooled, "pooled output of two eval-mode forwards", atol=1e-6, rtol=1e-6)
-    encoder.train()
+    check_agree([("pooled output", first.pooled)], [("pooled output", second.pooled)], "two eval-mode forwards")
 
 
-def _check_bf16(encoder: Encoder, batch: dict) -> None:
-    encoder.train()
-    encoder.zero_grad(set_to_none=True)
-    with bf16_autocast():
-        out = encoder(batch)
-    expect(out.pooled.shape[-1] == encoder.output_dim, f"pooled width {out.pooled.shape[-1]} under bf16 autocast")
-    assert_finite(out.pooled, "pooled under bf16 autocast")
-    out.pooled.float().square().mean().backward()
-    expect_finite_gradients(encoder, " under bf16 autocast")
-    encoder.zero_grad(set_to_none=True)
+def _pooled_and_square(encoder: Encoder, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    pooled = encoder(batch).pooled
+    return pooled, pooled.float().square().mean()

@@ -57,6 +57,9 @@ def check_save_load(
     expect(sorted(actual) == sorted(expected), f"reloaded model returns {sorted(actual)}, saved one {sorted(expected)}")
     for path, tensor in expected.items():
         assert_close(actual[path], tensor, f"{path} after save -> load_model")
+    for name, task in model.tasks.items():
+        saved, loaded = task.label_names(), reloaded.tasks[name].label_names()
+        expect(saved == loaded, f"task '{name}': label_names() {saved} became {loaded} after save -> load_model")
 
 
 def check_frozen(

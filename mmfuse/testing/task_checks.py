@@ -11,21 +11,11 @@ from pydantic import BaseModel
 from mmfuse.contracts import EncoderOutput, Task
 from mmfuse.registry import ComponentSpec, Registry
 from mmfuse.testing.batches import FEATURE_DIMS, random_features, select_rows, vector_values
-from mmfuse.testing.harness import (
-    Subject,
-    assert_close,
-    assert_finite,
-    bf16_autocast,
-    check_config_roundtrip,
-    expect_finite_gradients,
-    expect_gradients,
-    in_folder,
-    partner_registry,
-    resolve_subject,
-)
-from mmfuse.testing.model_checks import artifact_available, check_save_load, output_tensors
+from mmfuse.testing.harness import Subject, assert_close, assert_finite, expect_gradients, resolve_subject
+from mmfuse.testing.model_checks import output_tensors
 from mmfuse.testing.report import CheckRunner, ConformanceReport, expect
 from mmfuse.testing.samples import component_targets
+from mmfuse.testing.suite import SaveLoadValues, build_checked, check_agree, check_bf16, evaluating, run_suite
 
 __all__ = ["check_task", "FUSED_DIM"]
 
@@ -72,50 +62,38 @@ def check_task(
     fit = getattr(subject.config, "fit_targets", None)
     if callable(fit):
         subject = Subject(subject.spec, fit(raw_targets))
-    return in_folder(folder, lambda path: _run(subject, raw_targets, path))
+
+    def checks(runner: CheckRunner, task: Task, path: Path) -> SaveLoadValues | None:
+        return _checks(runner, subject, task, raw_targets)
+
+    return run_suite(subject, folder, _build, checks)
 
 
-def _run(subject: Subject, targets: list[Any], folder: Path) -> ConformanceReport:
-    runner = CheckRunner("task", subject.label)
-    torch.manual_seed(0)
-    runner.run("config_roundtrip", lambda: check_config_roundtrip(subject))
-    task = runner.run("build", lambda: _build(subject))
-    if task is None:
-        return runner.finish()
+def _build(subject: Subject) -> Task:
+    return build_checked(subject, Task, output_dim=False, fused_dim=FUSED_DIM, encoder_dims=dict(FEATURE_DIMS))
+
+
+def _checks(runner: CheckRunner, subject: Subject, task: Task, targets: list[Any]) -> SaveLoadValues | None:
     inputs = runner.run("targets", lambda: _encode(task, targets))
     if inputs is None:
-        return runner.finish()
+        return None
     outputs = runner.run("forward", lambda: _check_forward(task, inputs))
     if outputs is None:
-        return runner.finish()
+        return None
     runner.run("loss_and_gradients", lambda: _check_loss_and_gradients(task, inputs))
     runner.run("metrics", lambda: _check_metrics(task, outputs, inputs))
     runner.run("metric_names", lambda: _check_metric_names(subject, task))
     runner.run("predict", lambda: _check_predict(task, outputs, inputs.size))
+    runner.run("label_names", lambda: _check_label_names(task, outputs))
     per_sample = all(t.ndim > 0 and t.shape[0] == inputs.size for _, t in output_tensors(outputs))
     if per_sample:
         runner.run("batch_size_invariance", lambda: _check_batch_invariance(task, inputs))
     else:
         runner.skip("batch_size_invariance", "outputs are batch-level (not one row per sample)")
     runner.run("determinism", lambda: _check_determinism(task, inputs))
-    runner.run("bf16_autocast", lambda: _check_bf16(task, inputs))
-    if artifact_available():
-        values = {"left": vector_values(4, len(targets), seed=1), "right": vector_values(3, len(targets), seed=2)}
-        runner.run(
-            "save_load",
-            lambda: check_save_load(
-                subject, partner_registry(subject.spec), values, {"subject": targets}, folder / "model"
-            ),
-        )
-    else:
-        runner.skip("save_load", "mmfuse.artifact is not installed")
-    return runner.finish()
-
-
-def _build(subject: Subject) -> Task:
-    task = subject.spec.build(subject.config, fused_dim=FUSED_DIM, encoder_dims=dict(FEATURE_DIMS))
-    expect(isinstance(task, Task), f"builder returned {type(task).__name__}, not an mmfuse.contracts.Task")
-    return task
+    runner.run("bf16_autocast", lambda: check_bf16(task, lambda: _loss_twice(task, inputs), "loss"))
+    values = {"left": vector_values(4, len(targets), seed=1), "right": vector_values(3, len(targets), seed=2)}
+    return values, {"subject": targets}
 
 
 def _check_metric_names(subject: Subject, task: Task) -> None:
@@ -142,11 +120,8 @@ def _encode(task: Task, targets: list[Any]) -> _Inputs:
 
 
 def _eval_outputs(task: Task, fused: torch.Tensor, features: Any, present: Any) -> Any:
-    task.eval()
-    with torch.no_grad():
-        outputs = task(fused, features, present)
-    task.train()
-    return outputs
+    with evaluating(task):
+        return task(fused, features, present)
 
 
 def _check_forward(task: Task, inputs: _Inputs) -> Any:
@@ -203,6 +178,35 @@ def _check_predict(task: Task, outputs: Any, size: int) -> None:
         expect(bool((probabilities >= 0).all()), "probabilities hold negative values")
 
 
+def _check_label_names(task: Task, outputs: Any) -> None:
+    """``label_names()`` is a list of distinct str/int labels naming each probability column, and
+    holds every label ``predict`` returns; a vocabulary kept elsewhere must be declared through it."""
+    names = task.label_names()
+    if names is None:
+        stored = getattr(task, "labels", None)
+        expect(
+            not (isinstance(stored, (list, tuple)) and stored),
+            f"the task keeps labels in .labels ({list(stored or [])[:5]}) but label_names() returns None: return "
+            f"them from label_names(), the one place labels.json, exports and predict_proba read labels from",
+        )
+        return
+    expect(isinstance(names, (list, tuple)), f"label_names() must return a list or None, got {type(names).__name__}")
+    odd = [name for name in names if not isinstance(name, (str, int)) or isinstance(name, bool)]
+    expect(not odd, f"label_names() entries must be str or int (they become JSON keys), got {odd[:5]}")
+    expect(len({str(n) for n in names}) == len(names), f"label_names() repeats a label: {list(names)}")
+    probabilities = task.probabilities(_detach(outputs))
+    if probabilities is not None:
+        expect(
+            probabilities.shape[-1] == len(names),
+            f"label_names() has {len(names)} labels but probabilities() has {probabilities.shape[-1]} columns; "
+            f"entry i must name column i",
+        )
+    known = {str(name) for name in names}
+    predicted = [label for row in task.predict(_detach(outputs)) for label in (row if isinstance(row, list) else [row])]
+    unknown = sorted({repr(label) for label in predicted if str(label) not in known})
+    expect(not unknown, f"predict() returns labels {unknown[:5]} that label_names() {list(names)[:10]} does not hold")
+
+
 def _check_batch_invariance(task: Task, inputs: _Inputs) -> None:
     together = output_tensors(_eval_outputs(task, inputs.fused, inputs.features, inputs.present))
     for row in range(inputs.size):
@@ -214,17 +218,9 @@ def _check_batch_invariance(task: Task, inputs: _Inputs) -> None:
 def _check_determinism(task: Task, inputs: _Inputs) -> None:
     first = output_tensors(_eval_outputs(task, inputs.fused, inputs.features, inputs.present))
     second = output_tensors(_eval_outputs(task, inputs.fused, inputs.features, inputs.present))
-    for (path, a), (_, b) in zip(first, second):
-        assert_close(b, a, f"{path} of two eval-mode forwards", atol=1e-6, rtol=1e-6)
+    check_agree(first, second, "two eval-mode forwards")
 
 
-def _check_bf16(task: Task, inputs: _Inputs) -> None:
-    task.train()
-    task.zero_grad(set_to_none=True)
-    with bf16_autocast():
-        outputs = task(inputs.fused, inputs.features, inputs.present)
-        loss = task.loss(outputs, inputs.targets)
-    expect(bool(torch.isfinite(loss.float())), f"loss under bf16 autocast is {loss.float().item()}")
-    loss.float().backward()
-    expect_finite_gradients(task, " under bf16 autocast")
-    task.zero_grad(set_to_none=True)
+def _loss_twice(task: Task, inputs: _Inputs) -> tuple[torch.Tensor, torch.Tensor]:
+    loss = task.loss(task(inputs.fused, inputs.features, inputs.present), inputs.targets)
+    return loss, loss

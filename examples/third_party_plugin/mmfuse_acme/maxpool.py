@@ -6,6 +6,7 @@ import torch
 from torch import Tensor, nn
 
 from mmfuse.contracts import EncoderOutput, FusionHead
+from mmfuse.masking import present_pooled
 from mmfuse_acme import MaxFusionConfig
 
 __all__ = ["MaxFusion", "build_max_fusion"]
@@ -14,7 +15,10 @@ __all__ = ["MaxFusion", "build_max_fusion"]
 class MaxFusion(FusionHead):
     """Project each modality's pooled vector, take the element-wise max over the modalities a
     sample has (absent ones are excluded, never read), then an output layer. A sample with no
-    modality at all gets the learned ``empty`` vector."""
+    modality at all gets the learned ``empty`` vector.
+
+    Absent rows are zeroed *before* the projection (``present_pooled``): whatever they hold (NaN,
+    1e30) must not reach a layer, whose weight gradient would read it (``0 * NaN`` is NaN)."""
 
     def __init__(self, config: MaxFusionConfig, input_dims: dict[str, int]) -> None:
         super().__init__()
@@ -28,8 +32,9 @@ class MaxFusion(FusionHead):
         projected, keep = [], []
         for name in self.names:
             if name in features:
-                projected.append(self.projections[name](features[name].pooled))
-                keep.append(present[name])
+                pooled, present_rows = present_pooled(features, present, name, self.projections[name].in_features)
+                projected.append(self.projections[name](pooled))
+                keep.append(present_rows)
         stacked = torch.stack(projected, dim=1)
         keep_mask = torch.stack(keep, dim=1).unsqueeze(-1)
         lowest = torch.finfo(stacked.dtype).min

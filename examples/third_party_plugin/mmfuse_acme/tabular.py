@@ -53,9 +53,11 @@ class TabularPreprocessor(Preprocessor):
         }
 
     def collate(self, items: Sequence[dict[str, Tensor] | None]) -> dict[str, Tensor]:
+        # a missing row (None) still needs real tokens (mmfuse's contract): every column at its
+        # mean, marked real; the presence mask keeps the row out of fusion downstream
         blank = {
             "numeric": torch.zeros(len(self.numeric)),
-            "numeric_present": torch.zeros(len(self.numeric), dtype=torch.bool),
+            "numeric_present": torch.ones(len(self.numeric), dtype=torch.bool),
             "categories": torch.zeros(len(self.categorical), dtype=torch.long),
         }
         rows = [blank if item is None else item for item in items]

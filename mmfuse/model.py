@@ -11,6 +11,8 @@ from typing import Any, Mapping
 import torch
 from torch import Tensor, nn
 
+from mmfuse.balance.dropout import build_modality_dropout
+from mmfuse.balance.unimodal import FusedOutputs, build_unimodal_heads
 from mmfuse.contracts import Encoder, EncoderOutput, FusionHead, Task
 from mmfuse.present_rows import encode_present_rows, is_capturing_graph
 from mmfuse.recipe import Recipe
@@ -59,6 +61,8 @@ class FusedModel(nn.Module):
         fusion: FusionHead,
         tasks: Mapping[str, Task],
         loss_weighting: LossWeighting | None = None,
+        modality_dropout: nn.Module | None = None,
+        unimodal_heads: nn.Module | None = None,
     ) -> None:
         super().__init__()
         if not encoders:
@@ -69,6 +73,9 @@ class FusedModel(nn.Module):
         self.fusion = fusion
         self.tasks = nn.ModuleDict(dict(tasks))
         self.loss_weighting = loss_weighting or LossWeighting({name: 1.0 for name in tasks})
+        # imbalance tools (mmfuse.balance): both optional, both None for a plain model
+        self.modality_dropout = modality_dropout
+        self.unimodal_heads = unimodal_heads
 
     def train(self, mode: bool = True) -> "FusedModel":
         """Like ``nn.Module.train``, but frozen parts of encoders stay in eval mode.
@@ -115,16 +122,26 @@ class FusedModel(nn.Module):
         return features, present
 
     def forward(self, batch: Mapping[str, Any]) -> dict[str, Any]:
+        if self.modality_dropout is not None:
+            batch = self.modality_dropout(batch)  # training only: drops modalities via the presence mask
         features, present = self.encode(batch)
         fused = self.fusion(features, present)
-        return {name: task(fused, features, present) for name, task in self.tasks.items()}
+        outputs = FusedOutputs({name: task(fused, features, present) for name, task in self.tasks.items()})
+        if self.unimodal_heads is not None:
+            outputs.unimodal = self.unimodal_heads(features, present)
+        return outputs
 
     def compute_loss(
         self, outputs: Mapping[str, Any], targets: Mapping[str, Tensor]
     ) -> tuple[Tensor, dict[str, Tensor]]:
         """(weighted total, per-task losses); no host sync."""
         losses = {name: task.loss(outputs[name], targets.get(name)) for name, task in self.tasks.items()}
-        return self.loss_weighting(losses), losses
+        total = self.loss_weighting(losses)
+        if self.unimodal_heads is not None and getattr(outputs, "unimodal", None):
+            auxiliary, per_head = self.unimodal_heads.loss(outputs.unimodal, targets)  # type: ignore[attr-defined]
+            total = total + auxiliary
+            losses = {**losses, **per_head}  # keys "<task>/<encoder>"
+        return total, losses
 
 
 def set_trainable(encoder: nn.Module, *, freeze: bool, trainable_layers: int | None = None) -> None:
@@ -164,7 +181,9 @@ def build_fused_model(recipe: Recipe, registry: Registry | None = None) -> Fused
     for task in tasks.values():
         task.bind_encoders(encoders)  # heads built from an encoder's own library (masked LM)
     weighting = LossWeighting({n: s.weight for n, s in recipe.tasks.items()}, recipe.trainer.loss_weighting)
-    return FusedModel(encoders, fusion, tasks, weighting)
+    dropout = build_modality_dropout(recipe.fusion.modality_dropout, list(encoders))
+    unimodal = build_unimodal_heads(recipe, registry, tasks, input_dims)
+    return FusedModel(encoders, fusion, tasks, weighting, modality_dropout=dropout, unimodal_heads=unimodal)
 
 
 def _check_component(obj: Any, expected: type, path: str, type_name: str) -> None:

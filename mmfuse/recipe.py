@@ -15,6 +15,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from mmfuse.balance.config import ModalityDropoutConfig, UnimodalAuxConfig
 from mmfuse.data.config import DataConfig
 from mmfuse.engine.config import OptimizerConfig, SchedulerConfig, TrainerConfig
 from mmfuse.recipe_overrides import apply_overrides
@@ -62,6 +63,9 @@ class FusionSlot(_Strict):
     type: str
     lr: float | None = Field(None, gt=0)
     weight_decay: float | None = Field(None, ge=0)
+    modality_dropout: ModalityDropoutConfig | None = Field(
+        None, description="drop whole modalities of training rows: {p: 0.2, min_present: 1}"
+    )
     params: Any = None
 
 
@@ -71,6 +75,9 @@ class TaskSlot(_Strict):
     weight: float = Field(1.0, ge=0, description="loss weight in the weighted sum")
     lr: float | None = Field(None, gt=0)
     weight_decay: float | None = Field(None, ge=0)
+    unimodal_aux: UnimodalAuxConfig | None = Field(
+        None, description="a head per encoder with this task's loss: {weight: 0.3}"
+    )
     params: Any = None
 
 

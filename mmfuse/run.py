@@ -147,6 +147,9 @@ def train(
     test_metrics = trainer.evaluate(prepared.test, prefix="test") if prepared.test is not None else {}
     model_dir = run_dir / MODEL_DIR
     if trainer.is_main:
-        save(prepared.model, model_dir, recipe, registry)
+        from mmfuse.balance.unimodal import for_saving
+
+        model_to_save, recipe_to_save = for_saving(prepared.model, recipe)  # aux heads: dropped unless kept
+        save(model_to_save, model_dir, recipe_to_save, registry)
     trainer.context.barrier()
     return TrainOutcome(run_dir=run_dir, model_dir=model_dir, fit=result, test_metrics=test_metrics, interrupted=interrupted)

@@ -38,6 +38,7 @@ TINY_CONFIGS = {
         "embed_dim": 8, "hidden_size": 8,
     },
     "mmfuse/film": {"target": "left"},
+    "mmfuse/ensemble": {"num_classes": 3},
     "mmfuse/transformer": {"d_model": 16, "num_layers": 1, "num_heads": 2},
     "mmfuse/tensor": {"projection_dim": 4, "hidden_dims": [16], "output_dim": 16},
     "mmfuse/contrastive": {"encoders": ["left", "right"]},

@@ -17,7 +17,10 @@ from mmfuse.testing import parametrize_components
 
 FUSIONS = sorted(spec.name for spec in load_registry().specs("fusion") if spec.name.startswith("mmfuse/"))
 #: parameters a head cannot default, as a function of the encoder names (sorted)
-REQUIRED_PARAMS = {"mmfuse/film": lambda names: {"target": names[0]}}
+REQUIRED_PARAMS = {
+    "mmfuse/film": lambda names: {"target": names[0]},
+    "mmfuse/ensemble": lambda names: {"num_classes": 3},
+}
 #: heads that combine modalities and so need at least two
 MIN_MODALITIES = {"mmfuse/film": 2}
 BATCH, TOKENS = 4, 3
@@ -298,7 +301,9 @@ def test_heads_build_from_a_recipe(fusion):
 
 
 @pytest.mark.slow
-@parametrize_components("fusion", namespace="mmfuse", configs={"mmfuse/film": {"target": "left"}})
+@parametrize_components(
+    "fusion", namespace="mmfuse", configs={"mmfuse/film": {"target": "left"}, "mmfuse/ensemble": {"num_classes": 3}}
+)
 def test_builtin_heads_pass_the_plugin_conformance_kit(conformance_case, tmp_path):
     """The same checks a third-party fusion head gets from mmfuse.testing."""
     conformance_case.check(tmp_path)

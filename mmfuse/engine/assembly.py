@@ -60,6 +60,9 @@ def build_callbacks(config: TrainerConfig, chosen: list[Callback]) -> list[Callb
     if tensorboard == "on" or (tensorboard == "auto" and tensorboard_available()):
         if not any(isinstance(c, TensorBoardLogger) for c in chosen):
             chosen.append(TensorBoardLogger())
+    from mmfuse.balance.modulation import build_balance_callbacks
+
+    chosen += build_balance_callbacks(config)  # trainer.gradient_modulation / modality_lr / diagnostics
     if config.progress != "off":
         chosen.append(ProgressLogger(config.progress))
     if config.slow_step_factor is not None:

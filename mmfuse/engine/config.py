@@ -6,6 +6,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from mmfuse.balance.config import GradientModulationConfig, ModalityLRConfig
 from mmfuse.recipe_references import EncoderName, MetricName
 
 __all__ = [
@@ -130,4 +131,13 @@ class TrainerConfig(_Section):
     )
     find_unused_parameters: bool = Field(
         False, description="DDP: set when some parameters get no gradient in a step (a modality absent from a batch)"
+    )
+    gradient_modulation: GradientModulationConfig | None = Field(
+        None, description="OGM-GE: shrink the gradients of the dominant modality's encoder (needs unimodal_aux)"
+    )
+    modality_lr: ModalityLRConfig | None = Field(
+        None, description="modality-balanced learning rates of the encoders (needs unimodal_aux)"
+    )
+    modality_diagnostics: bool = Field(
+        True, description="per-modality table and modalities.json at the end of a multimodal fit"
     )

@@ -17,6 +17,7 @@ from typing import Any, Callable
 import torch
 from torch.utils.data import DataLoader
 
+from mmfuse.balance.unimodal import UnimodalMetrics
 from mmfuse.engine.distributed import DistributedContext, all_reduce_sum
 from mmfuse.engine.loading import move_to_device
 from mmfuse.engine.step import batch_rows, collective_tasks, is_empty_batch
@@ -63,6 +64,7 @@ def evaluate_model(
     # [weighted loss, each task's loss..., rows, skipped rows], summed over batches and then over ranks
     sums = torch.zeros(len(tasks) + 3, device=device, dtype=torch.float64)
     index = -1
+    unimodal = UnimodalMetrics.of(model, device)  # None without auxiliary unimodal heads
     try:
         with torch.no_grad():
             for index, batch in enumerate(loader):
@@ -83,6 +85,8 @@ def evaluate_model(
                 sums[-2] += size
                 for name, task in tasks.items():
                     task.update_metrics(metrics[name], outputs[name], targets.get(name))
+                if unimodal is not None:
+                    unimodal.update(outputs, targets)
             for _ in range(index + 1, rounds or 0) if joiners else ():
                 _join(model, joiners, device, autocast)
         all_reduce_sum(sums, context)
@@ -94,6 +98,8 @@ def evaluate_model(
                 if value.numel() == 1:
                     result[f"{prefix}/{name}/{key}"] = float(value)
         result[f"{prefix}/skipped"] = float(sums[-1])
+        if unimodal is not None:
+            result.update(unimodal.compute(prefix))  # <prefix>/<task>/<encoder>/<metric>
         return result
     finally:
         model.train(was_training)

@@ -23,6 +23,7 @@ __all__ = [
     "TensorFusionConfig",
     "LowRankFusionConfig",
     "FilmFusionConfig",
+    "EnsembleFusionConfig",
 ]
 
 
@@ -117,6 +118,15 @@ class FilmFusionConfig(_Strict):
         return self
 
 
+class EnsembleFusionConfig(_Strict):
+    """Late-fusion ensemble: per-modality classifiers, log-probabilities combined by learned
+    presence-aware weights. The output is ``num_classes`` wide: the combined log-probabilities."""
+
+    num_classes: int = Field(..., ge=2, description="number of classes of the task this ensemble serves")
+    hidden_dim: int | None = Field(None, gt=0, description="optional hidden layer of each per-modality classifier")
+    dropout: float = Field(0.0, ge=0, lt=1)
+
+
 @hookimpl
 def mmfuse_register_fusions(register) -> None:
     register(
@@ -176,4 +186,10 @@ def mmfuse_register_fusions(register) -> None:
         builder="mmfuse_plugins.fusions.film:build_film_fusion",
         config=FilmFusionConfig,
         description="FiLM: conditioning encoder(s) scale and shift a target encoder's tokens",
+    )
+    register(
+        "mmfuse/ensemble",
+        builder="mmfuse_plugins.fusions.ensemble:build_ensemble_fusion",
+        config=EnsembleFusionConfig,
+        description="late-fusion ensemble: per-modality classifiers, log-probs combined by presence-aware weights",
     )

@@ -364,6 +364,8 @@ def _cross_reference_problems(top: _RawRecipe, slots: dict[str, Any], source: Re
                 sections[f"{section}.{name}"] = slot.params
     if slots.get("fusion") is not None:
         sections["fusion"] = slots["fusion"].params
+        if slots["fusion"].modality_dropout is not None:
+            sections["fusion.modality_dropout"] = slots["fusion"].modality_dropout
     for index, slot in enumerate(slots.get("callbacks") or []):
         if slot is not None:
             sections[f"callbacks.{index}"] = slot.params

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from mmfuse.recipe_references import EncoderName
+
 __all__ = ["ModalityDropoutConfig", "UnimodalAuxConfig", "GradientModulationConfig", "ModalityLRConfig"]
 
 
@@ -20,7 +22,7 @@ class _Strict(BaseModel):
 class ModalityDropoutConfig(_Strict):
     """Drop whole modalities of training rows through the presence mask (never at evaluation)."""
 
-    p: float | dict[str, float] = Field(
+    p: float | dict[EncoderName, float] = Field(
         0.2, description="drop probability of a present modality; one number, or {encoder: p} (others: 0)"
     )
     min_present: int = Field(

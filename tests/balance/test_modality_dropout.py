@@ -92,5 +92,5 @@ def test_bad_settings_are_clear_errors():
         tiny.recipe(fusion={"modality_dropout": {"p": 1.0}})
     with pytest.raises(RecipeError, match=r"fusion\.modality_dropout"):
         tiny.recipe(fusion={"modality_dropout": {"min_present": 0}})
-    with pytest.raises(ValueError, match="'typo'.*not encoders.*left, right"):
-        tiny.model(tiny.recipe(fusion={"modality_dropout": {"p": {"typo": 0.2}}}))
+    with pytest.raises(RecipeError, match=r"fusion\.modality_dropout\.p: names encoder 'lfet'.*Did you mean 'left'"):
+        tiny.recipe(fusion={"modality_dropout": {"p": {"lfet": 0.2}}})

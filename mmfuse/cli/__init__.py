@@ -26,6 +26,7 @@ COMMANDS = {
     "plugins": "mmfuse.cli.plugins",
     "export": "mmfuse.cli.export",
     "cache": "mmfuse.cli.cache",
+    "profile": "mmfuse.cli.profile",
 }
 
 

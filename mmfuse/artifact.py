@@ -91,6 +91,9 @@ def save(model: FusedModel, path: str | os.PathLike[str], recipe: Recipe, regist
             "weights": weights,
             "asset_paths": asset_paths,
         }
+        quantization = getattr(model, "mmfuse_quantization", None)  # set by mmfuse.compression.quantize
+        if quantization:
+            manifest["quantization"] = quantization
         _write_json(staging / MANIFEST_FILE, manifest)
         replace_folder(staging, target)
     except BaseException:
@@ -261,6 +264,7 @@ def load_model(
         model = build_fused_model(recipe, registry)
     except ComponentLoadError as exc:
         raise ModelFolderError(f"{model_dir}: {exc}") from exc
+    _quantize_like_saved(model, manifest, model_dir)
     info = manifest.get("weights", {})
     file = model_dir / info.get("file", WEIGHTS_FILE)
     try:
@@ -268,6 +272,20 @@ def load_model(
     except WeightsError as exc:
         raise ModelFolderError(str(exc)) from exc
     return model.to(device).eval(), recipe
+
+
+def _quantize_like_saved(model: FusedModel, manifest: dict[str, Any], model_dir: Path) -> None:
+    """A quantized folder: quantize the rebuilt model's same layers the same way before its saved
+    int8 tensors are copied in (see mmfuse.compression.quantize)."""
+    quantization = manifest.get("quantization")
+    if not quantization:
+        return
+    from mmfuse.compression.quantize import QuantizationError, quantize_model
+
+    try:
+        quantize_model(model, quantization["method"], quantization["modules"])
+    except (QuantizationError, KeyError, TypeError) as exc:
+        raise ModelFolderError(f"{model_dir / MANIFEST_FILE}: cannot rebuild the quantized model: {exc}") from exc
 
 
 def _check_versions(manifest: dict[str, Any], model_dir: Path) -> None:

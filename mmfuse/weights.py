@@ -13,7 +13,7 @@ from torch import nn
 
 from mmfuse.atomic import fsync_file
 
-__all__ = ["WeightsError", "write_state_dict", "read_state_dict", "load_state_strictly", "sha256_of"]
+__all__ = ["WeightsError", "write_state_dict", "read_state_dict", "load_state_strictly", "flat_state_dict", "sha256_of"]
 
 
 class WeightsError(ValueError):
@@ -31,7 +31,7 @@ def write_state_dict(module: nn.Module, file: Path) -> dict[str, Any]:
     aliases: dict[str, str] = {}
     seen: dict[tuple[Any, ...], str] = {}
     storages: set[int] = set()
-    for key, tensor in module.state_dict().items():
+    for key, tensor in flat_state_dict(module).items():
         tensor = tensor.detach()
         storage = tensor.untyped_storage().data_ptr()
         identity = (storage, tensor.storage_offset(), tuple(tensor.shape), tuple(tensor.stride()), tensor.dtype, tensor.device)
@@ -70,9 +70,33 @@ def read_state_dict(file: Path, sha256: str | None = None, aliases: Mapping[str,
     return state
 
 
+#: separates a tensor-subclass entry (a quantized weight) from the name of one of its inner tensors
+INNER_TENSOR_SEPARATOR = "::"
+
+
+def flat_state_dict(module: nn.Module) -> dict[str, torch.Tensor]:
+    """``module.state_dict()`` with every tensor subclass (e.g. a torchao int8 weight) split into
+    its plain inner tensors, keyed ``<key>::<inner>`` (``fc.weight::qdata``, ``fc.weight::scale``),
+    so that safetensors can store it and a model quantized the same way can load it back."""
+    from torch.utils._python_dispatch import is_traceable_wrapper_subclass
+
+    flat: dict[str, torch.Tensor] = {}
+    for key, tensor in module.state_dict().items():
+        if is_traceable_wrapper_subclass(tensor):
+            names, _ = tensor.__tensor_flatten__()  # type: ignore[attr-defined]
+            for name in names:
+                flat[f"{key}{INNER_TENSOR_SEPARATOR}{name}"] = getattr(tensor, name)
+        else:
+            flat[key] = tensor
+    return flat
+
+
 def load_state_strictly(module: nn.Module, state: Mapping[str, torch.Tensor], file: Path) -> None:
-    """``module.load_state_dict(state, strict=True)``, with every mismatch listed up front."""
-    expected = module.state_dict()
+    """``module.load_state_dict(state, strict=True)``, with every mismatch listed up front.
+
+    A module holding tensor subclasses (quantized weights) is loaded inner tensor by inner tensor
+    (see :func:`flat_state_dict`)."""
+    expected = flat_state_dict(module)
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
     mismatched = [
@@ -93,6 +117,11 @@ def load_state_strictly(module: nn.Module, state: Mapping[str, torch.Tensor], fi
             + "; ".join(problems)
             + ". The recipe or a plugin's architecture changed since the folder was saved."
         )
+    if any(INNER_TENSOR_SEPARATOR in key for key in expected):
+        with torch.no_grad():
+            for key, target in expected.items():
+                target.copy_(state[key])
+        return
     module.load_state_dict(dict(state), strict=True)
 
 

@@ -27,6 +27,7 @@ COMMANDS = {
     "export": "mmfuse.cli.export",
     "cache": "mmfuse.cli.cache",
     "profile": "mmfuse.cli.profile",
+    "quantize": "mmfuse.cli.quantize",
 }
 
 

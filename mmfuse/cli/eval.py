@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 HELP = "evaluate a trained model (run or model folder) on a labelled manifest; print its metrics"
 
@@ -19,14 +19,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def evaluate(data: Any) -> dict[str, float]:
     """``{"loss": ..., "<task>/<metric>": ...}`` over every non-skipped row of ``data``."""
+    return evaluate_batches(data.model, data.batches(), data.device)
+
+
+def evaluate_batches(model: Any, batches: Iterable[dict[str, Any]], device: Any) -> dict[str, float]:
+    """Loss and every task's metrics of ``model`` over ``batches`` (already on ``device``)."""
     import torch
 
-    model = data.model
-    metrics = {name: task.build_metrics().to(data.device) for name, task in model.tasks.items()}
-    total_loss = torch.zeros((), device=data.device)
+    metrics = {name: task.build_metrics().to(device) for name, task in model.tasks.items()}
+    total_loss = torch.zeros((), device=device)
     rows = 0
     with torch.inference_mode():
-        for batch in data.batches():
+        for batch in batches:
             outputs = model(batch)
             loss, _ = model.compute_loss(outputs, batch["targets"])
             count = len(batch["index"])

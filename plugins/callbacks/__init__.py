@@ -8,6 +8,7 @@ here lets a recipe add them explicitly (with their own settings).
 from __future__ import annotations
 
 from mmfuse.chain_config import InitFromConfig
+from mmfuse.compression import PruningConfig
 from mmfuse.engine.config import EarlyStoppingConfig, TensorBoardConfig
 from mmfuse.hookspecs import hookimpl
 
@@ -27,6 +28,12 @@ def mmfuse_register_callbacks(register) -> None:
         builder="mmfuse.engine.loggers:build_tensorboard",
         config=TensorBoardConfig,
         description="log metrics to TensorBoard (needs the tensorboard package)",
+    )
+    register(
+        "mmfuse/prune",
+        builder="mmfuse.compression.pruning:build_pruning",
+        config=PruningConfig,
+        description="magnitude pruning (torch.nn.utils.prune) at an epoch or step, then fine-tuning with pruned weights held at zero",
     )
     register(
         "mmfuse/init_from",

@@ -151,5 +151,18 @@ def train(
 
         model_to_save, recipe_to_save = for_saving(prepared.model, recipe)  # aux heads: dropped unless kept
         save(model_to_save, model_dir, recipe_to_save, registry)
+        write_report(run_dir, registry)
     trainer.context.barrier()
     return TrainOutcome(run_dir=run_dir, model_dir=model_dir, fit=result, test_metrics=test_metrics, interrupted=interrupted)
+
+
+def write_report(run_dir: Path, registry: Registry | None = None) -> None:
+    """``report.html`` for a finished run; a failure to write it is reported, never fatal."""
+    from mmfuse.run_report import build_report
+
+    try:
+        path = build_report(run_dir, registry=registry)
+    except Exception as exc:  # noqa: BLE001 - the model is saved; the report is a convenience
+        print(f"warning: report.html not written ({type(exc).__name__}: {exc}); run `mmfuse report {run_dir}`", flush=True)
+        return
+    print(f"report: {path}", flush=True)

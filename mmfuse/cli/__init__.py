@@ -28,6 +28,7 @@ COMMANDS = {
     "cache": "mmfuse.cli.cache",
     "profile": "mmfuse.cli.profile",
     "quantize": "mmfuse.cli.quantize",
+    "report": "mmfuse.cli.report",
 }
 
 

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
-__all__ = ["add_data_arguments", "ModelData", "open_model_data"]
+__all__ = ["add_data_arguments", "ModelData", "open_model_data", "model_data_for"]
 
 
 def add_data_arguments(parser: argparse.ArgumentParser) -> None:
@@ -45,11 +45,7 @@ class ModelData:
 def open_model_data(args: argparse.Namespace, *, with_targets: bool) -> ModelData:
     """Load the model of ``args.run`` and a DataLoader over ``args.data``; raises ModelFolderError
     or DataError on bad input."""
-    from torch.utils.data import DataLoader
-
     from mmfuse.artifact import load_model
-    from mmfuse.data.collate import BatchCollator
-    from mmfuse.data.dataset import build_dataset
     from mmfuse.data.manifest import read_manifest
     from mmfuse.engine.distributed import resolve_device
     from mmfuse.plugins import get_registry
@@ -59,13 +55,28 @@ def open_model_data(args: argparse.Namespace, *, with_targets: bool) -> ModelDat
     if args.on_bad_sample:
         recipe.data.on_bad_sample = args.on_bad_sample
     manifest = read_manifest(args.data, root=args.root, format=args.format, role="--data")
+    return model_data_for(
+        model, recipe, manifest, batch_size=args.batch_size, num_workers=args.num_workers, device=device,
+        with_targets=with_targets,
+    )
+
+
+def model_data_for(
+    model: Any, recipe: Any, manifest: Any, *, batch_size: int, num_workers: int, device: Any, with_targets: bool
+) -> ModelData:
+    """A DataLoader over ``manifest`` built by the training Dataset and collate, for ``model``."""
+    from torch.utils.data import DataLoader
+
+    from mmfuse.data.collate import BatchCollator
+    from mmfuse.data.dataset import build_dataset
+
     preprocessors = {name: encoder.preprocessor() for name, encoder in model.encoders.items()}
     dataset = build_dataset(manifest, recipe, model, preprocessors=preprocessors, with_targets=with_targets)
     loader = DataLoader(
         dataset,
-        batch_size=args.batch_size,
+        batch_size=batch_size,
         shuffle=False,
-        num_workers=args.num_workers,
+        num_workers=num_workers,
         collate_fn=BatchCollator(preprocessors, dict(model.tasks.items()) if with_targets else {}),
     )
     return ModelData(model=model, recipe=recipe, dataset=dataset, loader=loader, device=device)

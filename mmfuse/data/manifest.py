@@ -19,6 +19,8 @@ EXTENSION_READERS: dict[str, tuple[str, dict[str, Any]]] = {
     ".ndjson": ("jsonl", {}),
     ".csv": ("csv", {}),
     ".tsv": ("csv", {"delimiter": "\t"}),
+    ".parquet": ("parquet", {}),
+    ".arrow": ("hf_dataset", {}),
 }
 
 

@@ -10,9 +10,23 @@ from __future__ import annotations
 from mmfuse.chain_config import InitFromConfig
 from mmfuse.compression import PruningConfig
 from mmfuse.engine.config import EarlyStoppingConfig, TensorBoardConfig
+from pydantic import BaseModel, ConfigDict, Field
+
 from mmfuse.hookspecs import hookimpl
 
-__all__: list[str] = []
+__all__ = ["MLflowConfig"]
+
+
+class MLflowConfig(BaseModel):
+    """``mmfuse/mlflow``: log parameters, metrics and the run's files to MLflow."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    tracking_uri: str | None = Field(None, description="MLflow tracking URI; default: a file store in <run_dir>/mlruns")
+    experiment: str = Field("mmfuse", min_length=1)
+    run_name: str | None = Field(None, description="default: the run folder's name")
+    log_params: bool = Field(True, description="log the resolved recipe as flattened parameters")
+    log_artifacts: bool = Field(True, description="log metrics.csv, evals.csv and recipe.yaml at the end")
 
 
 @hookimpl
@@ -28,6 +42,12 @@ def mmfuse_register_callbacks(register) -> None:
         builder="mmfuse.engine.loggers:build_tensorboard",
         config=TensorBoardConfig,
         description="log metrics to TensorBoard (needs the tensorboard package)",
+    )
+    register(
+        "mmfuse/mlflow",
+        builder="mmfuse.engine.mlflow_logger:build_mlflow",
+        config=MLflowConfig,
+        description="log parameters, metrics and run files to MLflow (needs mlflow-skinny: mmfuse[mlflow])",
     )
     register(
         "mmfuse/prune",

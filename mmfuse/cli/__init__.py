@@ -29,6 +29,7 @@ COMMANDS = {
     "profile": "mmfuse.cli.profile",
     "quantize": "mmfuse.cli.quantize",
     "report": "mmfuse.cli.report",
+    "explain": "mmfuse.cli.explain",
 }
 
 

@@ -8,7 +8,8 @@ training it) and the model's state dict keeps its keys (so checkpoints, model fo
 Predictor and export need nothing special). While fine-tuning, the callback zeroes the pruned
 entries' gradients before each optimizer step and the weights after it, so neither momentum nor
 weight decay can regrow them. The masks are callback state, saved in checkpoints: a resumed run
-keeps them. ``pruning.json`` in the run folder reports the sparsity of every pruned layer and the
+keeps them. Pruning restarts the best-checkpoint and early-stopping bookkeeping: the dense weights
+before it are never restored as "best". ``pruning.json`` in the run folder reports the sparsity of every pruned layer and the
 validation metrics at pruning time and at the end.
 """
 
@@ -22,7 +23,7 @@ from torch import nn
 from torch.nn.utils import prune
 
 from mmfuse.compression import PruningConfig
-from mmfuse.engine.callbacks import Callback
+from mmfuse.engine.callbacks import Callback, Checkpointing, EarlyStopping
 
 if TYPE_CHECKING:
     from mmfuse.engine.trainer import FitResult, Trainer
@@ -115,11 +116,22 @@ class Pruning(Callback):
             self.masks = compute_masks(layers, self.config)
         self.pruned_at_step = trainer.global_step
         self.metrics_at_pruning = dict(self._latest_metrics)
+        self._restart_best_tracking(trainer)
         achieved = sparsity(layers)["all"]
         trainer.log(
             f"pruning: {len(layers)} layers, {self.config.method} at amount {self.config.amount} -> "
             f"{achieved:.1%} of their weights are zero (step {trainer.global_step}); fine-tuning goes on"
         )
+
+    @staticmethod
+    def _restart_best_tracking(trainer: "Trainer") -> None:
+        """The dense weights before pruning are not candidates: the best checkpoint (restored at
+        the end with trainer.restore_best) and early stopping's patience start over from here."""
+        for callback in trainer.callbacks:
+            if isinstance(callback, Checkpointing):
+                callback.best_value, callback.best_name = None, None
+            elif isinstance(callback, EarlyStopping):
+                callback.best, callback.bad_evaluations = None, 0
 
     def _apply_masks(self, model: nn.Module, weights: bool) -> None:
         modules = dict(model.named_modules())

@@ -157,15 +157,6 @@ class Checkpointing(Callback):
         self.best_value: float | None = None
         self.best_name: str | None = None
 
-    def on_train_batch_start(self, trainer: "Trainer", batch: dict[str, Any]) -> None:
-        """Before the forward of one micro-batch (on the CPU, before it moves to the device); the
-        batch (BATCH layout of mmfuse/contracts.py) may be changed in place. Not called for a
-        batch with no rows to train on."""
-
-    def on_before_optimizer_step(self, trainer: "Trainer") -> None:
-        """After the backward passes of a step, with the gradients unscaled (fp16), before
-        gradient clipping and ``optimizer.step()``: read or scale ``p.grad`` here."""
-
     def on_train_batch_end(self, trainer: "Trainer", loss: torch.Tensor) -> None:
         every = self.config.every_steps
         if every and trainer.global_step % every == 0:

@@ -134,6 +134,24 @@ def _recipe_with_assets(model: FusedModel, recipe: Recipe, folder: Path) -> tupl
             raw["encoders"][name][key] = value
         if not any(encoder_dir.iterdir()):
             encoder_dir.rmdir()
+    for name, task in model.tasks.items():  # tasks wrapping a pretrained model (a causal LM)
+        export = getattr(task, "export_assets", None)
+        if export is None or name not in recipe.tasks:
+            continue
+        task_dir = folder / ASSETS_DIR / f"task-{name}"
+        task_dir.mkdir(parents=True)
+        overrides = dict(export(str(task_dir)) or {})
+        if overrides:
+            params = recipe.tasks[name].params
+            type(params).model_validate({**params.model_dump(mode="json"), **overrides})
+        for key, value in overrides.items():
+            relative = _relative_inside(value, folder)
+            if relative is not None:
+                asset_paths[f"tasks.{name}.{key}"] = relative
+                value = relative
+            raw["tasks"][name][key] = value
+        if not any(task_dir.iterdir()):
+            task_dir.rmdir()
     assets = folder / ASSETS_DIR
     if assets.is_dir() and not any(assets.iterdir()):
         assets.rmdir()
@@ -346,8 +364,8 @@ def _read_recipe(model_dir: Path, manifest: dict[str, Any], registry: Registry) 
     if not isinstance(raw, dict):
         raise ModelFolderError(f"{file}: the recipe is not a mapping")
     for dotted, relative in manifest.get("asset_paths", {}).items():
-        _, name, key = dotted.split(".", 2)
-        raw["encoders"][name][key] = str(model_dir.absolute() / relative)
+        section, name, key = dotted.split(".", 2)
+        raw[section][name][key] = str(model_dir.absolute() / relative)
     try:
         return parse_recipe(raw, registry, file=str(file))
     except RecipeError as exc:

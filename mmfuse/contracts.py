@@ -15,7 +15,7 @@ fusion head excludes them.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 import torch
@@ -40,11 +40,15 @@ class EncoderOutput:
     tokens: ``[B, T, D]`` token / patch / frame features.
     mask: ``[B, T]`` bool, True for real (non-padding) tokens.
     pooled: ``[B, D]`` one vector per sample.
+    extras: optional per-sample side information that token-level tasks read (character
+    offsets, word ids of each token...), keyed by name, each ``[B, ...]``; fusion heads ignore
+    it. Default: empty.
     """
 
     tokens: Tensor
     mask: Tensor
     pooled: Tensor
+    extras: dict[str, Tensor] = field(default_factory=dict)
 
 
 class SampleError(ValueError):
@@ -225,6 +229,12 @@ class Task(nn.Module):
         (CPU, in DataLoader workers; never at prediction): a self-supervised task masks an
         encoder's inputs here and puts its own targets in ``batch["targets"][name]``. Every task
         sees the changed inputs. Default: nothing."""
+
+    def export_assets(self, folder: str) -> dict[str, Any]:
+        """Like :meth:`Encoder.export_assets`, for a task that wraps a pretrained model (a causal
+        LM and its tokenizer): write what rebuilding it offline needs into ``folder`` and return
+        the config overrides that use it. Default: nothing needed."""
+        return {}
 
 
 def masked_mean(values: Tensor, mask: Tensor, dim: int = 1) -> Tensor:

@@ -96,6 +96,45 @@ class Predictor:
             return torch.empty(0, int(self.module.fusion.output_dim))
         return torch.cat(chunks)
 
+    def generate(
+        self,
+        samples: Sequence[Sample],
+        task: str | None = None,
+        prompts: Sequence[str | None] | None = None,
+        **decoding: Any,
+    ) -> list[str]:
+        """One generated text per sample from a text-generation task (``mmfuse/generation``).
+
+        ``task``: which one, when the model has several; ``prompts``: one per sample (``None``:
+        the task's configured prompt); ``decoding`` overrides the task's settings for this call:
+        ``max_new_tokens``, ``num_beams``, ``do_sample``, ``temperature``, ``top_p``."""
+        name = self._generation_task(task)
+        generator = self.module.tasks[name]
+        if prompts is not None and len(prompts) != len(samples):
+            raise ValueError(f"generate: {len(prompts)} prompts for {len(samples)} samples")
+        texts: list[str] = []
+        for start in range(0, len(samples), self.batch_size):
+            batch = self.collate(samples[start : start + self.batch_size], offset=start)
+            chunk_prompts = None if prompts is None else prompts[start : start + self.batch_size]
+            with self._lock, torch.inference_mode():
+                features, present = self.module.encode(batch)
+                outputs = generator(self.module.fusion(features, present), features, present)
+                texts += generator.generate(outputs, chunk_prompts, **decoding)
+        return texts
+
+    def _generation_task(self, task: str | None) -> str:
+        generators = [name for name, module in self.module.tasks.items() if callable(getattr(module, "generate", None))]
+        if task is not None:
+            if task not in generators:
+                raise ValueError(f"'{task}' is not a text-generation task of this model; those are {generators}")
+            return task
+        if len(generators) != 1:
+            raise ValueError(
+                f"this model has {len(generators)} text-generation tasks {generators}; "
+                + ("pass task=<name>" if generators else "generate needs a task of type mmfuse/generation")
+            )
+        return generators[0]
+
     def collate(self, samples: Sequence[Sample], offset: int = 0) -> dict[str, Any]:
         """Raw samples -> the model's batch dict (``inputs`` and ``present``) on the device."""
         for index, sample in enumerate(samples):

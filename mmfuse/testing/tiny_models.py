@@ -22,6 +22,7 @@ __all__ = [
     "save_tiny_timm_checkpoint",
     "save_tiny_wav2vec2",
     "save_tiny_videomae",
+    "save_tiny_gpt2",
 ]
 
 #: whole words of the default tiny BERT vocabulary: every word of ``SAMPLE_TEXTS`` and a few more
@@ -167,6 +168,50 @@ def save_tiny_videomae(
         size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size}
     )
     processor.save_pretrained(folder)
+    return folder
+
+
+def save_tiny_gpt2(
+    folder: str | Path,
+    texts: Sequence[str] = SAMPLE_TEXTS,
+    *,
+    vocab_size: int = 320,
+    hidden_size: int = 32,
+    num_layers: int = 2,
+    max_length: int = 128,
+    seed: int = 0,
+) -> Path:
+    """A random GPT-2 and a byte-level BPE tokenizer trained on ``texts`` (any text tokenizes:
+    the 256 bytes are in the vocabulary); ``<|endoftext|>`` is its BOS / EOS token."""
+    from tokenizers import ByteLevelBPETokenizer
+    from transformers import GPT2Config, GPT2LMHeadModel, GPT2TokenizerFast
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    bpe = ByteLevelBPETokenizer()
+    bpe.train_from_iterator(list(texts), vocab_size=vocab_size, min_frequency=1, special_tokens=["<|endoftext|>"], show_progress=False)
+    tokenizer = GPT2TokenizerFast(
+        tokenizer_object=bpe._tokenizer,
+        bos_token="<|endoftext|>",
+        eos_token="<|endoftext|>",
+        unk_token="<|endoftext|>",
+        model_max_length=max_length,
+    )
+    tokenizer.save_pretrained(folder)
+    config = GPT2Config(
+        vocab_size=len(tokenizer),
+        n_positions=max_length,
+        n_embd=hidden_size,
+        n_layer=num_layers,
+        n_head=2,
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    _seed(seed)
+    GPT2LMHeadModel(config).save_pretrained(folder)
     return folder
 
 

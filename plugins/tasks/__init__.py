@@ -14,6 +14,7 @@ from mmfuse.hookspecs import hookimpl
 from mmfuse.recipe_references import EncoderName
 from mmfuse_plugins.tasks.vocabulary import Label, check_vocabulary, sorted_labels
 from mmfuse_plugins.tasks.self_supervised import MaskedLMConfig
+from mmfuse_plugins.tasks.text_configs import ExtractiveQAConfig, GenerationConfig, TokenClassificationConfig
 
 __all__ = [
     "ClassificationConfig",
@@ -24,6 +25,9 @@ __all__ = [
     "TeacherTarget",
     "parse_teacher_target",
     "split_label_list",
+    "ExtractiveQAConfig",
+    "TokenClassificationConfig",
+    "GenerationConfig",
 ]
 
 class ClassificationConfig(BaseModel):
@@ -265,4 +269,25 @@ def mmfuse_register_tasks(register) -> None:
         config=MaskedLMConfig,
         description="self-supervised masked language modelling on a text_hf encoder (library MLM head and masking)",
         aliases=("mlm",),
+    )
+    register(
+        "mmfuse/extractive_qa",
+        builder="mmfuse_plugins.tasks.extractive_qa:build_extractive_qa",
+        config=ExtractiveQAConfig,
+        description="extractive QA: start/end span over an encoder's windows of context tokens; SQuAD EM / F1",
+        aliases=("qa",),
+    )
+    register(
+        "mmfuse/token_classification",
+        builder="mmfuse_plugins.tasks.token_classification:build_token_classification",
+        config=TokenClassificationConfig,
+        description="tagging: one label per word (BIO), aligned to word pieces; entity-level F1",
+        aliases=("tagging",),
+    )
+    register(
+        "mmfuse/generation",
+        builder="mmfuse_plugins.tasks.generation:build_generation",
+        config=GenerationConfig,
+        description="text generation by a causal LM conditioned on a prefix from the fused model; BLEU, ROUGE-L, perplexity",
+        aliases=("captioning",),
     )

@@ -16,24 +16,36 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_data_arguments(parser)
     parser.add_argument("--out", type=Path, required=True, help="output JSONL file")
     parser.add_argument("--probabilities", action="store_true", help="add '<task>_probabilities' per row")
+    decoding = parser.add_argument_group("text generation (tasks of type mmfuse/generation)")
+    decoding.add_argument("--max-new-tokens", type=int, help="most tokens generated per row")
+    decoding.add_argument("--num-beams", type=int, help="beam search width (1: greedy or sampling)")
+    decoding.add_argument("--sample", dest="do_sample", action="store_true", default=None, help="sample instead of greedy / beam search")
+    decoding.add_argument("--temperature", type=float, help="sampling temperature")
+    decoding.add_argument("--top-p", type=float, help="nucleus sampling mass")
 
 
-def predictions(data: Any, with_probabilities: bool) -> Iterator[dict[str, Any]]:
+def predictions(data: Any, with_probabilities: bool, decoding: dict[str, Any] | None = None) -> Iterator[dict[str, Any]]:
     """``{"line": manifest line, task: prediction, ...}`` per row, in manifest order; a skipped
-    row gets ``{"line": n, "skipped": reason}``."""
+    row gets ``{"line": n, "skipped": reason}``. ``decoding`` overrides the decoding settings of
+    text-generation tasks (``max_new_tokens``, ``num_beams``, ``do_sample``, ``temperature``,
+    ``top_p``)."""
     import torch
 
     from mmfuse.predict import probability_labels
 
     model = data.model
     rows = data.dataset.manifest.rows
+    for task in model.tasks.values():
+        if decoding and isinstance(getattr(task, "decoding", None), dict):
+            task.decoding.update({key: value for key, value in decoding.items() if value is not None})
     done: dict[int, dict[str, Any]] = {}
     with torch.inference_mode():
         for batch in data.batches():
             outputs = model(batch)
             positions = batch["index"].tolist()
             for name, task in model.tasks.items():
-                values = task.predict(outputs[name])
+                prompts = _row_prompts(data, name, positions) if callable(getattr(task, "generate", None)) else None
+                values = task.generate(outputs[name], prompts) if prompts is not None else task.predict(outputs[name])
                 probabilities = task.probabilities(outputs[name]) if with_probabilities else None
                 keys = probability_labels(task, probabilities.shape[-1]) if probabilities is not None else []
                 for offset, position in enumerate(positions):
@@ -44,6 +56,15 @@ def predictions(data: Any, with_probabilities: bool) -> Iterator[dict[str, Any]]
                         record[f"{name}_probabilities"] = {str(k): p for k, p in zip(keys, row)}
     for position, row in enumerate(rows):
         yield done.get(position) or {"line": row.line, "skipped": _skip_reason(data.dataset, position)}
+
+
+def _row_prompts(data: Any, task: str, positions: list[int]) -> list[str | None] | None:
+    """Per-row prompts of a text-generation task: a ``{"prompt": ...}`` value in the rows' target
+    column (as in training); None when no row has one (the task's configured prompt is used)."""
+    column = data.recipe.target_of(task) if task in data.recipe.tasks else task
+    values = [data.dataset.manifest.rows[position].values.get(column) for position in positions]
+    prompts = [value.get("prompt") if isinstance(value, dict) else None for value in values]
+    return prompts if any(prompt is not None for prompt in prompts) else None
 
 
 def _skip_reason(dataset: Any, position: int) -> str:
@@ -62,7 +83,8 @@ def run(args: argparse.Namespace) -> int:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         written = skipped = 0
         with open(args.out, "w", encoding="utf-8") as handle:
-            for record in predictions(data, args.probabilities):
+            decoding = {key: getattr(args, key, None) for key in ("max_new_tokens", "num_beams", "do_sample", "temperature", "top_p")}
+            for record in predictions(data, args.probabilities, decoding):
                 handle.write(json.dumps(record, default=_plain) + "\n")
                 written += 1
                 skipped += "skipped" in record

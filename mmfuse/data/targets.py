@@ -22,7 +22,8 @@ log = logging.getLogger("mmfuse.data")
 def fittable_target(recipe: Recipe) -> str | None:
     """The target column of the first task that learns a vocabulary from data (classification)."""
     for name, slot in recipe.tasks.items():
-        if hasattr(slot.params, "fit_targets"):
+        # a per-word tag sequence is nearly unique per row: no use as a stratification key
+        if hasattr(slot.params, "fit_targets") and getattr(slot.params, "stratify_split", True):
             return recipe.target_of(name)
     return None
 

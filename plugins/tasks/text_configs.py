@@ -5,7 +5,7 @@ docs/fusion_and_tasks.md describes each task and its target format."""
 from __future__ import annotations
 
 import json
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -32,6 +32,9 @@ class ExtractiveQAConfig(BaseModel):
 
 class TokenClassificationConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+    #: ``data.split`` does not stratify on tag sequences (nearly every row is its own group)
+    stratify_split: ClassVar[bool] = False
 
     labels: list[str] | None = Field(
         None, description="tag vocabulary in index order (B-PER, I-PER, O...); default: learned from the training split"

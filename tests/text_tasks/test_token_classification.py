@@ -122,3 +122,13 @@ def test_tags_that_do_not_match_the_words_are_an_error_naming_both_counts(tagger
 
     with pytest.raises(SampleError, match="unknown tags"):
         model.tasks["tags"].encode_target(["B-XYZ"])
+
+
+def test_a_split_manifest_is_not_stratified_on_tag_sequences(tiny_bert):
+    from mmfuse.data.targets import fittable_target
+
+    raw = tagging_recipe(tiny_bert)
+    raw["data"] = {"train": "rows.jsonl", "split": {"val": 0.25}}
+    assert fittable_target(parse_recipe(raw)) is None
+    raw["tasks"]["kind"] = {"type": "classification", "target": "kind"}
+    assert fittable_target(parse_recipe(raw)) == "kind"

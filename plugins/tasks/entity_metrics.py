@@ -11,7 +11,7 @@ from typing import Sequence
 import torch
 import torchmetrics
 
-__all__ = ["bio_entities", "EntityScores"]
+__all__ = ["bio_entities", "EntityScores", "ENTITY_VALUES"]
 
 
 def _split(tag: str) -> tuple[str, str]:
@@ -38,14 +38,21 @@ def bio_entities(tags: Sequence[str | None]) -> set[tuple[str, int, int]]:
     return entities
 
 
+#: the values EntityScores can report
+ENTITY_VALUES = ("entity_precision", "entity_recall", "entity_f1", "word_accuracy")
+
+
 class EntityScores(torchmetrics.Metric):
-    """Micro-averaged entity precision, recall and F1 plus word accuracy over tag sequences;
-    counts are synchronised across processes."""
+    """One of micro-averaged entity precision / recall / F1 or word accuracy (``value``) over tag
+    sequences; counts are synchronised across processes."""
 
     full_state_update = False
 
-    def __init__(self) -> None:
+    def __init__(self, value: str) -> None:
         super().__init__()
+        if value not in ENTITY_VALUES:
+            raise ValueError(f"EntityScores value must be one of {ENTITY_VALUES}, got {value!r}")
+        self.value = value
         for name in ("matched", "predicted", "gold", "words_right", "words"):
             self.add_state(name, default=torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
 
@@ -58,14 +65,13 @@ class EntityScores(torchmetrics.Metric):
             self.words_right += sum(p == g for p, g in zip(predicted, gold))
             self.words += len(gold)
 
-    def compute(self) -> dict[str, torch.Tensor]:
+    def compute(self) -> torch.Tensor:
         precision = self.matched / self.predicted.clamp_min(1.0)
         recall = self.matched / self.gold.clamp_min(1.0)
-        f1 = 2 * precision * recall / (precision + recall).clamp_min(1e-12)
-        accuracy = self.words_right / self.words.clamp_min(1.0)
-        return {
-            "entity_precision": precision.float(),
-            "entity_recall": recall.float(),
-            "entity_f1": f1.float(),
-            "word_accuracy": accuracy.float(),
+        values = {
+            "entity_precision": precision,
+            "entity_recall": recall,
+            "entity_f1": 2 * precision * recall / (precision + recall).clamp_min(1e-12),
+            "word_accuracy": self.words_right / self.words.clamp_min(1.0),
         }
+        return values[self.value].float()

@@ -28,6 +28,10 @@ class ExtractiveQATask(Task):
     """Outputs ``{"start_logits", "end_logits"}`` ``[B, W, L]`` plus the encoder's ``offsets`` and
     ``text_codes``; targets are gold character spans ``[B, K, 2]`` (``-1`` padding)."""
 
+    @property
+    def reads_fused(self) -> bool:  # without add_fused the fusion head is frozen by the engine
+        return self.context is not None
+
     def __init__(self, config: ExtractiveQAConfig, fused_dim: int, encoder: str, token_dim: int) -> None:
         super().__init__()
         self.config = config
@@ -82,7 +86,10 @@ class ExtractiveQATask(Task):
         return total / (2 * answerable.sum().clamp_min(1))
 
     def build_metrics(self) -> torchmetrics.MetricCollection:
-        return torchmetrics.MetricCollection({"squad": SquadScores()})
+        # every metric is updated by hand below, so no compute groups
+        return torchmetrics.MetricCollection(
+            {"exact_match": SquadScores("exact_match"), "f1": SquadScores("f1")}, compute_groups=False
+        )
 
     def update_metrics(self, metrics: Any, outputs: dict[str, Tensor], targets: Tensor | None) -> None:
         predicted = [answer["text"] for answer in self.predict(outputs)]
@@ -90,7 +97,8 @@ class ExtractiveQATask(Task):
             [text_from_codes(codes, int(start), int(end)) for start, end in spans.tolist() if start >= 0]
             for codes, spans in zip(outputs["text_codes"].cpu(), targets.cpu())
         ]
-        metrics["squad"].update(predicted, golds)
+        for metric in metrics.values():
+            metric.update(predicted, golds)
 
     def predict(self, outputs: dict[str, Tensor]) -> list[dict[str, Any]]:
         """``{"text", "start", "end", "score"}`` per question: the answer and its character span."""

@@ -62,6 +62,10 @@ class GenerationTask(Task):
         #: decoding settings used by predict(); Predictor.generate and mmfuse predict override them
         self.decoding = {option: getattr(config, option) for option in DECODING_OPTIONS}
 
+    @property
+    def reads_fused(self) -> bool:  # condition tokens / none: the fusion head is frozen by the engine
+        return self.config.condition == "fused"
+
     def train(self, mode: bool = True) -> "GenerationTask":
         super().train(mode)
         if mode and self.config.lm_training == "frozen":
@@ -194,13 +198,14 @@ class GenerationTask(Task):
 
     def build_metrics(self) -> torchmetrics.MetricCollection:
         from torchmetrics.text import BLEUScore, Perplexity
-        from torchmetrics.text.rouge import ROUGEScore
+
+        from mmfuse_plugins.tasks.rouge_metric import RougeL
 
         metrics: dict[str, torchmetrics.Metric] = {"perplexity": Perplexity(ignore_index=IGNORE)}
         if self.config.eval_generate:
             metrics["bleu"] = BLEUScore(n_gram=4, smooth=True)
-            metrics["rouge"] = ROUGEScore(rouge_keys="rougeL", accumulate="best")
-        return torchmetrics.MetricCollection(metrics)
+            metrics["rougeL"] = RougeL()
+        return torchmetrics.MetricCollection(metrics, compute_groups=False)
 
     def update_metrics(self, metrics: Any, outputs: dict[str, Tensor], targets: Tensor | None) -> None:
         logits, labels = self.teacher_forced(outputs, targets)
@@ -210,7 +215,7 @@ class GenerationTask(Task):
         prompts, references = self._texts(targets.cpu())
         predicted = self.generate(outputs, prompts, num_beams=1, do_sample=False)
         metrics["bleu"].update(predicted, [[reference] for reference in references])
-        metrics["rouge"].update(predicted, references)
+        metrics["rougeL"].update(predicted, references)
 
     def _texts(self, targets: Tensor) -> tuple[list[str], list[str]]:
         """(prompt, reference text) of each encoded target."""

@@ -8,7 +8,7 @@ from typing import Any
 from torch import nn
 
 from mmfuse_plugins.tasks.text_configs import GenerationConfig
-from mmfuse_plugins.text_hf.loading import from_pretrained_or_explain
+from mmfuse.backbones.hf import from_pretrained_or_explain
 
 __all__ = ["load_causal_lm"]
 

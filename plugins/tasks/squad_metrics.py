@@ -39,25 +39,24 @@ def token_f1(prediction: str, gold: str) -> float:
 
 
 class SquadScores(torchmetrics.Metric):
-    """Mean exact match and F1 (0-1) over questions, each the best over its gold answers;
-    ``compute()`` returns ``{"exact_match", "f1"}``. Sums are synchronised across processes."""
+    """Mean exact match (``value="exact_match"``) or F1 (``value="f1"``), 0-1, over questions,
+    each the best over its gold answers. Sums are synchronised across processes."""
 
     full_state_update = False
 
-    def __init__(self) -> None:
+    def __init__(self, value: str) -> None:
         super().__init__()
-        self.add_state("exact", default=torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
-        self.add_state("f1", default=torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
+        if value not in ("exact_match", "f1"):
+            raise ValueError(f"SquadScores value must be 'exact_match' or 'f1', got {value!r}")
+        self.score = exact_match if value == "exact_match" else token_f1
+        self.add_state("total", default=torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
         self.add_state("count", default=torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
 
     def update(self, predictions: Sequence[str], golds: Sequence[Sequence[str]]) -> None:
         for prediction, answers in zip(predictions, golds):
-            if not answers:
-                continue
-            self.exact += max(exact_match(prediction, gold) for gold in answers)
-            self.f1 += max(token_f1(prediction, gold) for gold in answers)
-            self.count += 1
+            if answers:
+                self.total += max(self.score(prediction, gold) for gold in answers)
+                self.count += 1
 
-    def compute(self) -> dict[str, torch.Tensor]:
-        count = self.count.clamp_min(1.0)
-        return {"exact_match": (self.exact / count).float(), "f1": (self.f1 / count).float()}
+    def compute(self) -> torch.Tensor:
+        return (self.total / self.count.clamp_min(1.0)).float()

@@ -21,6 +21,8 @@ __all__ = [
 
 class ExtractiveQAConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
+    #: metric keys of this task's evaluation (``val/<task>/<metric>``), checked by `mmfuse validate`
+    metric_names: ClassVar[tuple[str, ...]] = ("exact_match", "f1")
 
     encoder: str | None = Field(
         None, description="the encoder whose tokens hold the context (mmfuse/text_windows); default: the only encoder"
@@ -35,6 +37,7 @@ class TokenClassificationConfig(BaseModel):
 
     #: ``data.split`` does not stratify on tag sequences (nearly every row is its own group)
     stratify_split: ClassVar[bool] = False
+    metric_names: ClassVar[tuple[str, ...]] = ("entity_precision", "entity_recall", "entity_f1", "word_accuracy")
 
     labels: list[str] | None = Field(
         None, description="tag vocabulary in index order (B-PER, I-PER, O...); default: learned from the training split"
@@ -65,6 +68,8 @@ class TokenClassificationConfig(BaseModel):
 
 class GenerationConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
+    #: bleu and rougeL are reported only with eval_generate (the default)
+    metric_names: ClassVar[tuple[str, ...]] = ("perplexity", "bleu", "rougeL")
 
     model: str = Field(..., description="causal LM: hub name ('gpt2') or local folder saved with save_pretrained")
     tokenizer: str | None = Field(None, description="tokenizer name or folder; default: same as model")

@@ -12,8 +12,8 @@ import torchmetrics
 from torch import Tensor
 
 from mmfuse.contracts import EncoderOutput, SampleError, Task
-from mmfuse_plugins.tasks.entity_metrics import EntityScores
-from mmfuse_plugins.tasks.head import make_head
+from mmfuse_plugins.tasks.entity_metrics import ENTITY_VALUES, EntityScores
+from mmfuse.mlp import build_task_head
 from mmfuse_plugins.tasks.text_configs import TokenClassificationConfig, parse_tags
 from mmfuse_plugins.tasks.token_inputs import FusedContext, choose_encoder, token_extras
 
@@ -27,6 +27,10 @@ class TokenClassificationTask(Task):
     """Outputs ``{"logits" [B, W, L, C], "word_ids" [B, W, L], "num_words" [B]}``; targets are tag
     indices per word ``[B, words]`` (``-100`` padding)."""
 
+    @property
+    def reads_fused(self) -> bool:  # without add_fused the fusion head is frozen by the engine
+        return self.context is not None
+
     def __init__(self, config: TokenClassificationConfig, fused_dim: int, encoder: str, token_dim: int) -> None:
         super().__init__()
         if config.labels is None:
@@ -38,7 +42,7 @@ class TokenClassificationTask(Task):
         self.index = {label: i for i, label in enumerate(self.labels)}
         self.encoder = encoder
         self.context = FusedContext(fused_dim, token_dim) if config.add_fused else None
-        self.head = make_head(token_dim, len(self.labels), config.hidden_dim, config.dropout)
+        self.head = build_task_head(token_dim, len(self.labels), config.hidden_dim, config.dropout)
 
     def forward(self, fused: Tensor, features: dict[str, EncoderOutput], present: dict[str, Tensor]) -> dict[str, Tensor]:
         output = features[self.encoder]
@@ -94,12 +98,14 @@ class TokenClassificationTask(Task):
         return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), tags.reshape(-1), ignore_index=IGNORE)
 
     def build_metrics(self) -> torchmetrics.MetricCollection:
-        return torchmetrics.MetricCollection({"entities": EntityScores()})
+        # every metric is updated by hand below, so no compute groups
+        return torchmetrics.MetricCollection({value: EntityScores(value) for value in ENTITY_VALUES}, compute_groups=False)
 
     def update_metrics(self, metrics: Any, outputs: dict[str, Tensor], targets: Tensor | None) -> None:
         predicted = self.predict(outputs)
         golds = [[self.labels[i] for i in row if i != IGNORE] for row in targets.cpu().tolist()]
-        metrics["entities"].update(predicted, golds)
+        for metric in metrics.values():
+            metric.update(predicted, golds)
 
     def predict(self, outputs: dict[str, Tensor]) -> list[list[str | None]]:
         """One tag per word; ``None`` for words in windows beyond ``max_windows``."""

@@ -11,7 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from mmfuse.contracts import Encoder, EncoderOutput, masked_mean
-from mmfuse_plugins.text_hf.loading import (
+from mmfuse.backbones.hf import (
     from_pretrained_or_explain,
     hf_layer_groups,
     load_hf_model,

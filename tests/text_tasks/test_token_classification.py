@@ -12,7 +12,7 @@ from mmfuse.artifact import save
 from mmfuse.model import build_fused_model
 from mmfuse.recipe import parse_recipe
 from mmfuse.testing.batches import make_batch
-from mmfuse_plugins.tasks.entity_metrics import EntityScores, bio_entities
+from mmfuse_plugins.tasks.entity_metrics import ENTITY_VALUES, EntityScores, bio_entities
 from mmfuse_plugins.tasks.text_configs import TokenClassificationConfig
 
 SENTENCES = [
@@ -40,13 +40,14 @@ def test_bio_entities_follow_seqeval_default_counting():
 
 
 def test_entity_f1_by_hand():
-    metric = EntityScores()
+    metrics = {value: EntityScores(value) for value in ENTITY_VALUES}
     # gold: PER(0,2) LOC(3,4) | ORG(0,1); predicted: PER(0,2) LOC(3,5 - wrong end) | ORG(0,1) MISC(2,3)
-    metric.update(
-        [["B-PER", "I-PER", "O", "B-LOC", "I-LOC"], ["B-ORG", "O", "B-MISC"]],
-        [["B-PER", "I-PER", "O", "B-LOC", "O"], ["B-ORG", "O", "O"]],
-    )
-    values = metric.compute()
+    for metric in metrics.values():
+        metric.update(
+            [["B-PER", "I-PER", "O", "B-LOC", "I-LOC"], ["B-ORG", "O", "B-MISC"]],
+            [["B-PER", "I-PER", "O", "B-LOC", "O"], ["B-ORG", "O", "O"]],
+        )
+    values = {value: metric.compute() for value, metric in metrics.items()}
     precision, recall = 2 / 4, 2 / 3
     assert values["entity_precision"].item() == pytest.approx(precision)
     assert values["entity_recall"].item() == pytest.approx(recall)

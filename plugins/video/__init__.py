@@ -26,6 +26,11 @@ class FrameSampling(BaseModel):
     num_frames: int = Field(8, gt=0, description="frames per clip")
     sampling: Literal["uniform", "fps"] = "uniform"
     fps: float | None = Field(None, gt=0, description="frames per second for sampling: fps")
+    decoder: Literal["pyav", "torchcodec"] = Field(
+        "pyav",
+        description="pyav (bundles its own FFmpeg) or torchcodec (needs FFmpeg's shared libraries on the system); "
+        "both pick the same frames",
+    )
 
     @model_validator(mode="after")
     def _fps_given(self) -> "FrameSampling":

@@ -1,4 +1,6 @@
-"""Decoding N frames of a video file with PyAV, and the video preprocessor (CPU, in workers)."""
+"""Decoding N frames of a video file (PyAV, or torchcodec), and the video preprocessor (CPU, in
+workers). Both decoders pick, for each sampling timestamp, the frame nearest to it (ties to the
+earlier frame)."""
 
 from __future__ import annotations
 
@@ -14,7 +16,15 @@ from mmfuse.backbones.image_settings import build_image_transform
 from mmfuse.contracts import Preprocessor, SampleError
 from mmfuse_plugins.augment import VideoAugmentConfig
 
-__all__ = ["target_times", "decode_video_frames", "VideoPreprocessor"]
+__all__ = ["target_times", "decode_video_frames", "decode_with_torchcodec", "VideoDecoderUnavailable", "VideoPreprocessor"]
+
+
+#: two frame times closer than this to a sampling timestamp count as a tie
+_TIE_SECONDS = 1e-6
+
+
+class VideoDecoderUnavailable(RuntimeError):
+    """The configured decoder cannot run on this machine (not a bad sample: every video would fail)."""
 
 
 def target_times(duration: float, num_frames: int, sampling: str, fps: float | None) -> list[float]:
@@ -53,6 +63,49 @@ def decode_video_frames(path: Path, num_frames: int, sampling: str, fps: float |
     return frames
 
 
+def decode_with_torchcodec(path: Path, num_frames: int, sampling: str, fps: float | None) -> list[Image.Image]:
+    """Like :func:`decode_video_frames`, through torchcodec's ``VideoDecoder`` (exact seek mode):
+    the frame nearest to each sampling timestamp, as RGB PIL images."""
+    try:
+        from torchcodec.decoders import VideoDecoder
+    except ImportError as exc:
+        raise VideoDecoderUnavailable(
+            "decoder: torchcodec needs the torchcodec package (pip install torchcodec) and FFmpeg's shared "
+            "libraries; or set decoder: pyav"
+        ) from exc
+    if not path.is_file():
+        raise SampleError(f"video file not found: {path}")
+    try:
+        decoder = VideoDecoder(str(path), seek_mode="exact")
+    except RuntimeError as exc:
+        if "FFmpeg" in str(exc) or "libtorchcodec" in str(exc):
+            raise VideoDecoderUnavailable(
+                "decoder: torchcodec could not load FFmpeg's shared libraries (install FFmpeg 4-7, e.g. "
+                f"apt-get install libavcodec59 libavformat59 libavutil57 libswscale6 libswresample4 libavdevice59 "
+                f"libavfilter8), or set decoder: pyav ({str(exc).splitlines()[0]})"
+            ) from exc
+        raise SampleError(f"cannot decode video {path}: corrupt or unsupported file ({str(exc).splitlines()[0]})") from exc
+    except ValueError as exc:
+        raise SampleError(f"cannot decode video {path}: corrupt or unsupported file ({exc})") from exc
+    meta = decoder.metadata
+    count = int(meta.num_frames or 0)
+    rate = float(meta.average_fps or 0) or 25.0
+    if count == 0:
+        raise SampleError(f"cannot decode video {path}: no frames could be decoded")
+    start = float(meta.begin_stream_seconds or 0.0)
+    duration = float(meta.duration_seconds or count / rate)
+    indices = []
+    for target in target_times(duration, num_frames, sampling, fps):
+        position = (target - start) * rate
+        nearest = int(np.ceil(position - 0.5 - _TIE_SECONDS * rate))  # ties to the earlier frame, as with PyAV
+        indices.append(min(max(nearest, 0), count - 1))
+    try:
+        frames = decoder.get_frames_at(indices).data  # uint8 [N, 3, H, W]
+    except (RuntimeError, IndexError, ValueError) as exc:
+        raise SampleError(f"cannot decode video {path}: corrupt or unsupported file ({str(exc).splitlines()[0]})") from exc
+    return [Image.fromarray(frame.permute(1, 2, 0).contiguous().numpy()) for frame in frames]
+
+
 def _duration_seconds(container: Any, stream: Any) -> float | None:
     if stream.duration is not None and stream.time_base is not None:
         return float(stream.duration * stream.time_base)
@@ -75,8 +128,9 @@ def _pick_frames(decoded: Any, targets: list[float], interval: float) -> list[Im
         time = frame.time if frame.time is not None else index * interval
         while pending and pending[0] <= time:
             target = pending.pop(0)
-            # ties go to the earlier frame, so N targets over N frames pick every frame once
-            nearer_previous = previous is not None and target - previous[0] <= time - target
+            # ties go to the earlier frame, so N targets over N frames pick every frame once; the
+            # tolerance keeps float noise in frame times (pts * time_base) from breaking a tie
+            nearer_previous = previous is not None and target - previous[0] <= time - target + _TIE_SECONDS
             picked.append((previous[1] if nearer_previous else frame).to_image())
         if not pending:
             return picked
@@ -95,8 +149,9 @@ class VideoPreprocessor(Preprocessor):
     reads_files = True
 
     def __init__(self, image_settings: dict[str, Any], num_frames: int, sampling: str, fps: float | None,
-                 pad_with_last: bool = False, augment: VideoAugmentConfig | None = None) -> None:
+                 pad_with_last: bool = False, augment: VideoAugmentConfig | None = None, decoder: str = "pyav") -> None:
         self.image_settings = dict(image_settings)
+        self.decoder = decoder
         self.augment_config = augment
         self.num_frames = num_frames
         self.sampling = sampling
@@ -106,7 +161,8 @@ class VideoPreprocessor(Preprocessor):
 
     def __call__(self, value: Any) -> dict[str, Tensor]:
         if isinstance(value, (str, Path)):
-            images = decode_video_frames(Path(value), self.num_frames, self.sampling, self.fps)
+            decode = decode_with_torchcodec if self.decoder == "torchcodec" else decode_video_frames
+            images = decode(Path(value), self.num_frames, self.sampling, self.fps)
         elif isinstance(value, np.ndarray) and value.ndim == 4 and value.shape[-1] == 3:
             indices = np.linspace(0, value.shape[0] - 1, self.num_frames).round().astype(int)
             images = [Image.fromarray(np.asarray(value[i], dtype=np.uint8)) for i in indices]

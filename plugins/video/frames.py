@@ -61,7 +61,9 @@ class FramesVideoEncoder(Encoder):
 
     def preprocessor(self) -> VideoPreprocessor:
         c = self.config
-        return VideoPreprocessor(self._image_settings, c.num_frames, c.sampling, c.fps, augment=c.augment)
+        return VideoPreprocessor(
+            self._image_settings, c.num_frames, c.sampling, c.fps, augment=c.augment, decoder=c.decoder
+        )
 
     def layer_groups(self) -> list[nn.Module]:
         groups = timm_layer_groups(self.backbone)

@@ -74,7 +74,8 @@ class NativeVideoEncoder(Encoder):
     def preprocessor(self) -> VideoPreprocessor:
         c = self.config
         return VideoPreprocessor(
-            self._image_settings, self.num_frames, c.sampling, c.fps, pad_with_last=True, augment=c.augment
+            self._image_settings, self.num_frames, c.sampling, c.fps, pad_with_last=True, augment=c.augment,
+            decoder=c.decoder,
         )
 
     def layer_groups(self) -> list[nn.Module]:

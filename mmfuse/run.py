@@ -129,10 +129,11 @@ def train(
     from mmfuse.artifact import save
     from mmfuse.cache.samples import feature_cache_callbacks
     from mmfuse.engine.trainer import Trainer
+    from mmfuse.profiling.data_wait import DataWaitLogger
 
     prepared = prepare(recipe, registry)
     run_dir = Path(run_dir or resume or new_run_dir(recipe))
-    callbacks = [*callbacks, *feature_cache_callbacks(recipe)]
+    callbacks = [*callbacks, *feature_cache_callbacks(recipe), DataWaitLogger()]
     trainer = Trainer.from_recipe(
         recipe, prepared.model, prepared.train, prepared.collate,
         val_dataset=prepared.val, run_dir=run_dir, callbacks=list(callbacks), registry=registry,

@@ -49,7 +49,7 @@ class DataConfig(_Section):
     num_workers: int = Field(0, ge=0)
     persistent_workers: bool = True
     prefetch_factor: int = Field(2, ge=1)
-    pin_memory: bool = False
+    pin_memory: bool = Field(True, description="page-locked batches for non-blocking copies to a GPU (no effect without CUDA)")
     on_bad_sample: Literal["error", "skip"] = "error"
     cache: Literal["auto", "memory", "disk", "off"] = Field(
         "auto",

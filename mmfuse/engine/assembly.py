@@ -63,6 +63,9 @@ def build_callbacks(config: TrainerConfig, chosen: list[Callback]) -> list[Callb
     from mmfuse.balance.modulation import build_balance_callbacks
 
     chosen += build_balance_callbacks(config)  # trainer.gradient_modulation / modality_lr / diagnostics
+    from mmfuse.acceleration import acceleration_callbacks
+
+    chosen += acceleration_callbacks(config)  # trainer.compile / channels_last, the data-loading report
     if config.progress != "off":
         chosen.append(ProgressLogger(config.progress))
     if config.slow_step_factor is not None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -135,6 +135,11 @@ class TrainerConfig(_Section):
     gradient_modulation: GradientModulationConfig | None = Field(
         None, description="OGM-GE: shrink the gradients of the dominant modality's encoder (needs unimodal_aux)"
     )
+    compile: bool = Field(False, description="torch.compile the fused model; graph breaks and failures fall back to eager, reported after the first step")
+    compile_options: dict[str, Any] = Field(
+        default_factory=dict, description="keyword arguments of torch.compile, e.g. {backend: inductor, mode: max-autotune}"
+    )
+    channels_last: bool = Field(False, description="convolutional encoders and their image inputs in the channels-last memory format")
     modality_lr: ModalityLRConfig | None = Field(
         None, description="modality-balanced learning rates of the encoders (needs unimodal_aux)"
     )

@@ -1,0 +1,105 @@
+"""trainer.compile (with its fallback report), trainer.channels_last, and the loader report."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+SHORT = ["trainer.epochs=1", "data.batch_size=6", "data.cache=memory", "trainer.restore_best=false"]
+
+
+def _weights(outcome):
+    from mmfuse.artifact import load_model
+
+    model, _ = load_model(outcome.model_dir)
+    return model.state_dict()
+
+
+def _assert_close(actual, expected, atol):
+    worst = max(float((actual[k].float() - expected[k].float()).abs().max()) for k in expected if expected[k].numel())
+    assert worst <= atol, f"weights differ by {worst}"
+
+
+@pytest.mark.slow
+def test_compiled_model_trains_to_the_same_weights_and_reports_graph_breaks(demo_recipe, tmp_path, capsys):
+    from mmfuse.run import train
+
+    plain = train(demo_recipe(*SHORT), run_dir=tmp_path / "plain")
+    compiled = train(demo_recipe(*SHORT, "trainer.compile=true", "trainer.compile_options={backend: eager}"), run_dir=tmp_path / "compiled")
+    _assert_close(_weights(compiled), _weights(plain), 1e-5)
+    out = capsys.readouterr().out
+    assert "torch.compile: compiling the fused model (eager)" in out
+    assert "compiled graph(s)" in out  # the outcome after the first step: frames and graph breaks
+
+
+def test_a_backend_that_fails_falls_back_to_eager(demo_recipe, tmp_path, capsys):
+    import torch._dynamo
+    from torch._dynamo import register_backend
+
+    from mmfuse.run import train
+
+    @register_backend(name="mmfuse_test_broken")
+    def broken(graph, example_inputs):  # noqa: ARG001 - a backend that cannot compile anything
+        raise RuntimeError("this backend always fails")
+
+    outcome = train(demo_recipe(*SHORT, "trainer.compile=true", "trainer.compile_options={backend: mmfuse_test_broken}"),
+                    run_dir=tmp_path / "run")
+    assert outcome.fit.global_step == 2
+    out = capsys.readouterr().out
+    assert "nothing could be compiled (RuntimeError: this backend always fails); the model runs eagerly" in out
+    torch._dynamo.reset()
+
+
+def test_channels_last_converts_conv_encoders_and_keeps_the_numbers(demo_recipe, tmp_path, capsys):
+    from mmfuse.engine.callbacks import Callback
+    from mmfuse.run import train
+
+    class Layout(Callback):
+        """Records the layout of the image encoder's input and of its conv weights."""
+
+        def __init__(self) -> None:
+            self.inputs: list[bool] = []
+            self.weights: list[bool] = []
+
+        def on_fit_start(self, trainer) -> None:
+            encoder = trainer.model.encoders["image"]
+            encoder.register_forward_pre_hook(lambda module, args: self.inputs.append(
+                args[0]["pixels"].is_contiguous(memory_format=torch.channels_last)) if module.training else None)
+
+        def on_train_epoch_end(self, trainer, metrics) -> None:
+            convs = [m for m in trainer.model.encoders["video"].modules() if isinstance(m, torch.nn.Conv2d)]
+            self.weights = [conv.weight.is_contiguous(memory_format=torch.channels_last) for conv in convs]
+
+    probe = Layout()
+    train(demo_recipe(*SHORT, "trainer.channels_last=true"), run_dir=tmp_path / "cl", callbacks=[probe])
+    assert probe.inputs and all(probe.inputs)
+    assert probe.weights and all(probe.weights)
+    assert "channels_last: convolutional encoders image, audio, video" in capsys.readouterr().out
+
+
+def test_channels_last_gives_the_same_outputs(demo_recipe):
+    """The layout changes which kernels run, not what they compute (training then drifts only by
+    rounding, which Adam can amplify, so the check is on one forward pass)."""
+    from mmfuse.acceleration.memory_format import conv_encoders
+    from mmfuse.run import prepare
+
+    prepared = prepare(demo_recipe(*SHORT))
+    model = prepared.model.eval()
+    batch = prepared.collate([prepared.train[index] for index in range(6)])
+    with torch.no_grad():
+        expected = model(batch)["label"]
+        for name in conv_encoders(model):
+            model.encoders[name].to(memory_format=torch.channels_last)
+            for key, value in batch["inputs"][name].items():
+                if value.dim() == 4 and value.is_floating_point():
+                    batch["inputs"][name][key] = value.contiguous(memory_format=torch.channels_last)
+        actual = model(batch)["label"]
+    assert torch.allclose(actual, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_loader_report_at_start(demo_recipe, tmp_path, capsys):
+    from mmfuse.run import train
+
+    train(demo_recipe(*SHORT, "data.cache=off"), run_dir=tmp_path / "run")
+    line = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("data loading:"))
+    assert "0 worker process(es)" in line and "sample cache off" in line

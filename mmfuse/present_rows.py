@@ -110,7 +110,8 @@ def _scatter(output: EncoderOutput, rows: Tensor, size: int) -> EncoderOutput:
         blank = values.new_zeros((size, *values.shape[1:]))
         return blank.index_copy(0, rows.to(values.device), values)
 
-    return EncoderOutput(tokens=full(output.tokens), mask=full(output.mask), pooled=full(output.pooled))
+    extras = {key: full(value) for key, value in output.extras.items()}  # offsets, word ids (text_windows)
+    return EncoderOutput(tokens=full(output.tokens), mask=full(output.mask), pooled=full(output.pooled), extras=extras)
 
 
 def _device(inputs: Mapping[str, Tensor], present: Tensor) -> torch.device:

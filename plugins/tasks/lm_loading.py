@@ -35,8 +35,12 @@ def _with_lora(lm: nn.Module, config: GenerationConfig) -> nn.Module:
         raise ImportError(
             "generation: lm_training: lora needs peft; install the extra: pip install 'mmfuse[peft]'"
         ) from exc
+    from transformers.pytorch_utils import Conv1D
+
     lora = LoraConfig(
         task_type="CAUSAL_LM",
+        # GPT-2's attention uses Conv1D (weights stored transposed); say so instead of letting peft warn
+        fan_in_fan_out=any(isinstance(module, Conv1D) for module in lm.modules()),
         r=config.lora_r,
         lora_alpha=config.lora_alpha,
         lora_dropout=config.lora_dropout,

@@ -50,7 +50,8 @@ class TokenClassificationTask(Task):
         tokens = output.tokens if self.context is None else self.context(output.tokens, fused)
         word_ids = extras["word_ids"]
         logits = self.head(tokens).float().reshape(*word_ids.shape, len(self.labels))
-        return {"logits": logits, "word_ids": word_ids, "num_words": extras["num_words"]}
+        num_words = extras["num_words"].masked_fill(~(word_ids >= 0).flatten(1).any(1), 0)
+        return {"logits": logits, "word_ids": word_ids, "num_words": num_words}
 
     def encode_target(self, value: Any) -> Tensor:
         try:
@@ -74,7 +75,8 @@ class TokenClassificationTask(Task):
         Raises when a row's tag count differs from its word count."""
         targets = targets.to(outputs["word_ids"].device)
         tag_counts = (targets != IGNORE).sum(1)
-        wrong = (tag_counts != outputs["num_words"]).nonzero(as_tuple=True)[0]
+        has_text = (outputs["word_ids"] >= 0).flatten(1).any(1)  # rows without text teach nothing
+        wrong = ((tag_counts != outputs["num_words"]) & has_text).nonzero(as_tuple=True)[0]
         if wrong.numel():  # one host sync per step; a silent misalignment would be worse
             row = int(wrong[0])
             raise ValueError(

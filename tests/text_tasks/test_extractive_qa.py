@@ -156,3 +156,26 @@ def test_a_bad_answer_and_an_encoder_without_offsets_are_clear_errors(tiny_bert)
     plain = EncoderOutput(torch.zeros(1, 2, 32), torch.ones(1, 2, dtype=torch.bool), torch.zeros(1, 32))
     with pytest.raises(ValueError, match="mmfuse/text_windows"):
         task(torch.zeros(1, 8), {"text": plain}, {"text": torch.ones(1, dtype=torch.bool)})
+
+
+def test_a_row_without_the_text_has_no_answer_and_does_not_change_the_others_loss(qa_model):
+    from mmfuse.testing.batches import make_batch
+
+    model, _ = qa_model
+    model.eval()
+    rows = qa_rows()
+    values = [rows[0]["qa"], None, rows[2]["qa"]]
+    targets = [row["answer"] for row in rows]
+    with torch.no_grad():
+        batch = make_batch(model, {"text": values}, {"answer": targets})
+        outputs = model(batch)["answer"]
+        loss = model.tasks["answer"].loss(outputs, batch["targets"]["answer"])
+        alone = make_batch(model, {"text": [values[0], values[2]]}, {"answer": [targets[0], targets[2]]})
+        expected = model.tasks["answer"].loss(model(alone)["answer"], alone["targets"]["answer"])
+        assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+        assert model.tasks["answer"].predict(outputs)[1]["text"] == ""
+        # no row has the text: the encoder is skipped, nothing is answerable, the loss is zero
+        nothing = make_batch(model, {"text": [None, None]}, {"answer": targets[:2]})
+        empty = model(nothing)["answer"]
+        assert model.tasks["answer"].loss(empty, nothing["targets"]["answer"]).item() == 0.0
+        assert [answer["text"] for answer in model.tasks["answer"].predict(empty)] == ["", ""]

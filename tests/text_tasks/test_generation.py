@@ -179,3 +179,24 @@ def test_text_only_fine_tuning_learns_a_completion_of_a_prompt(tiny_gpt2):
     predictor = Predictor(model, recipe)
     samples = [{"scene": FEATURES[0]}, {"scene": FEATURES[1]}]
     assert predictor.generate(samples, prompts=["the cat", "the dog"]) == ["sat on the mat", "has a red ball"]
+
+
+def test_lora_trains_only_the_adapters_and_the_projector_and_survives_save_load(tiny_gpt2, tmp_path):
+    pytest.importorskip("peft")
+    model, recipe = build(tiny_gpt2, lm_training="lora", lora_r=4)
+    task = model.tasks["caption"]
+    trainable = {name for name, p in task.named_parameters() if p.requires_grad}
+    assert trainable and all("lora_" in name or name.startswith("projector.") for name in trainable)
+    assert any("lora_" in name for name in trainable)
+    frozen_before = {name: p.detach().clone() for name, p in task.lm.named_parameters() if not p.requires_grad}
+    batch = make_batch(model, {"scene": FEATURES}, {"caption": CAPTIONS})
+    train(model, batch, steps=40)
+    after = dict(task.lm.named_parameters())
+    assert all(torch.equal(value, after[name]) for name, value in frozen_before.items())
+    assert any(p.abs().sum() > 0 for name, p in after.items() if "lora_B" in name)  # zero-initialised, now trained
+    from mmfuse.predict import Predictor
+
+    samples = [{"scene": features} for features in FEATURES]
+    texts = Predictor(model, recipe).generate(samples, max_new_tokens=8)
+    loaded = mmfuse.load(save(model, tmp_path / "model", recipe))
+    assert loaded.generate(samples, max_new_tokens=8) == texts

@@ -133,3 +133,15 @@ def test_a_split_manifest_is_not_stratified_on_tag_sequences(tiny_bert):
     assert fittable_target(parse_recipe(raw)) is None
     raw["tasks"]["kind"] = {"type": "classification", "target": "kind"}
     assert fittable_target(parse_recipe(raw)) == "kind"
+
+
+def test_a_row_without_text_teaches_nothing_and_is_no_count_error(tagger):
+    model, _ = tagger
+    model.eval()
+    batch = make_batch(model, {"text": [SENTENCES[0][0], None]}, {"tags": [SENTENCES[0][1], ["B-PER", "O"]]})
+    alone = make_batch(model, {"text": [SENTENCES[0][0]]}, {"tags": [SENTENCES[0][1]]})
+    with torch.no_grad():
+        loss, _ = model.compute_loss(model(batch), batch["targets"])
+        expected, _ = model.compute_loss(model(alone), alone["targets"])
+        assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+        assert model.tasks["tags"].predict(model(batch)["tags"])[1] == []

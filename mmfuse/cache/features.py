@@ -58,6 +58,9 @@ class FeatureStore:
         self.names = list(names if names is not None else model.encoders)  # type: ignore[attr-defined]
         self.rows: dict[str, dict[tuple[int, int], Row]] = {name: {} for name in self.names}
         self.digests: dict[str, str] = {}
+        #: encoders whose outputs carry ``extras`` (text_windows' offsets): rows are not stored
+        #: (the store keeps tokens, mask and pooled only), so those encoders always run
+        self.uncacheable: set[str] = set()
         self.served = {name: 0 for name in self.names}  # batches served from the store
         self.computed = {name: 0 for name in self.names}  # batches the encoder ran for
         self._original: Callable[..., Any] | None = None
@@ -100,14 +103,17 @@ class FeatureStore:
             if name not in inputs or name not in keys:
                 continue
             encoder = self.model.encoders[name]  # type: ignore[attr-defined]
-            if not _frozen_and_deterministic(encoder) or name not in self.digests:
+            if not _frozen_and_deterministic(encoder) or name not in self.digests or name in self.uncacheable:
                 continue
             present = present_in.get(name)
             output = self._serve(name, keys[name], present)
             if output is None:
                 with torch.no_grad():
                     output = encoder(inputs[name])
-                self._remember(name, keys[name], present, output)
+                if output.extras:
+                    self.uncacheable.add(name)
+                else:
+                    self._remember(name, keys[name], present, output)
                 self.computed[name] += 1
             else:
                 self.served[name] += 1

@@ -17,6 +17,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--train-rows", type=int, default=256)
     parser.add_argument("--val-rows", type=int, default=96)
     parser.add_argument("--no-ablations", action="store_true", help="train only the fused model")
+    parser.add_argument(
+        "--captioning", action="store_true",
+        help="also train a captioning variant: a tiny GPT-2 describes each sample's four cues from the fused prefix",
+    )
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="recipe overrides, e.g. trainer.epochs=2")
 
 
@@ -44,6 +48,11 @@ def run(args: argparse.Namespace) -> int:
         print(f"  {args.train_rows} train + {args.val_rows} val samples, each: text, PNG, WAV, MP4 ({time.perf_counter() - started:.0f}s)")
         results = run_demo(args.out, recipe_path, args.overrides, ablations=not args.no_ablations)
         print("\n" + format_results(results))
+        if args.captioning:
+            from mmfuse.demo.runner import format_captioning, run_captioning_demo
+
+            captioning, examples = run_captioning_demo(args.out, recipe_path, args.overrides)
+            print("\n" + format_captioning(captioning, examples))
         fused = next(r for r in results if r.name == "fused")
         print(f"\ntotal {time.perf_counter() - started:.0f}s. Fused model: {fused.run_dir / 'model'}")
         print(f"try: mmfuse predict {fused.run_dir} --data {args.out / 'data' / 'val.jsonl'} --out preds.jsonl")

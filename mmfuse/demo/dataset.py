@@ -12,7 +12,7 @@ import numpy as np
 
 from mmfuse.testing.media import write_audio, write_image, write_video
 
-__all__ = ["CUES", "LEVELS", "WORDS", "DemoData", "alert_level", "write_demo_dataset"]
+__all__ = ["CUES", "LEVELS", "WORDS", "DemoData", "alert_level", "describe_cues", "write_demo_dataset"]
 
 #: the four cues, one per modality
 CUES = ("text", "image", "audio", "video")
@@ -43,6 +43,19 @@ class DemoData:
 def alert_level(cues: dict[str, bool]) -> str:
     count = sum(cues.values())
     return LEVELS[0] if count <= 1 else LEVELS[1] if count == 2 else LEVELS[2]
+
+
+def describe_cues(cues: dict[str, bool]) -> str:
+    """The ``caption`` column (for ``mmfuse demo --captioning``): one phrase per modality, each
+    readable from that modality only: "red blob, high tone, green square, alarm text"."""
+    return ", ".join(
+        (
+            f"{'red' if cues['image'] else 'blue'} blob",
+            f"{'high' if cues['audio'] else 'low'} tone",
+            f"{'green' if cues['video'] else 'grey'} square",
+            f"{'alarm' if cues['text'] else 'calm'} text",
+        )
+    )
 
 
 def write_demo_dataset(folder: str | Path, train_rows: int = 256, val_rows: int = 96, seed: int = 0) -> DemoData:
@@ -83,6 +96,7 @@ def _write_sample(folder: Path, index: int, cues: dict[str, bool], rng: random.R
         "audio": str(audio.relative_to(folder)),
         "video": str(video.relative_to(folder)),
         "label": alert_level(cues),
+        "caption": describe_cues(cues),
     }
 
 

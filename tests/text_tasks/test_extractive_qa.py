@@ -179,3 +179,20 @@ def test_a_row_without_the_text_has_no_answer_and_does_not_change_the_others_los
         empty = model(nothing)["answer"]
         assert model.tasks["answer"].loss(empty, nothing["targets"]["answer"]).item() == 0.0
         assert [answer["text"] for answer in model.tasks["answer"].predict(empty)] == ["", ""]
+
+
+def test_the_frozen_feature_cache_runs_an_encoder_with_extras_instead_of_dropping_them(qa_model):
+    from mmfuse.cache.features import FeatureStore
+    from mmfuse.testing.batches import make_batch
+
+    model, _ = qa_model
+    model.eval().encoders["text"].requires_grad_(False)
+    store = FeatureStore(model, ["text"]).install()
+    rows = qa_rows()
+    batch = make_batch(model, {"text": [row["qa"] for row in rows]}, {"answer": [row["answer"] for row in rows]})
+    batch["sample_keys"] = {"text": torch.tensor([[1, 2], [3, 4], [5, 6]])}
+    with torch.no_grad():
+        for _ in range(2):
+            features, _ = model.encode(batch)
+            assert "offsets" in features["text"].extras
+    assert store.uncacheable == {"text"} and store.served["text"] == 0 and not store.rows["text"]

@@ -19,8 +19,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-ablations", action="store_true", help="train only the fused model")
     parser.add_argument(
         "--captioning", action="store_true",
-        help="also train a captioning variant: a tiny GPT-2 describes each sample's four cues from the fused prefix",
+        help="also train a captioning variant: a tiny GPT-2 describes each sample's four cues from the encoders' tokens",
     )
+    parser.add_argument("--captioning-epochs", type=int, default=20, help="epochs of the captioning run (default: 20)")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="recipe overrides, e.g. trainer.epochs=2")
 
 
@@ -51,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
         if args.captioning:
             from mmfuse.demo.runner import format_captioning, run_captioning_demo
 
-            captioning, examples = run_captioning_demo(args.out, recipe_path, args.overrides)
+            captioning, examples = run_captioning_demo(args.out, recipe_path, args.overrides, args.captioning_epochs)
             print("\n" + format_captioning(captioning, examples))
         fused = next(r for r in results if r.name == "fused")
         print(f"\ntotal {time.perf_counter() - started:.0f}s. Fused model: {fused.run_dir / 'model'}")

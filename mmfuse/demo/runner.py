@@ -129,25 +129,37 @@ def format_results(results: Sequence[DemoResult]) -> str:
     return "\n".join(lines) + "\n" + note
 
 
-def captioning_recipe(recipe: Recipe, out: Path) -> Recipe:
-    """The demo recipe with its classification task replaced by captioning: the tiny GPT-2 in
-    ``out/models/captioner`` writes the ``caption`` column after a prefix made from the fused
-    vector (the recipe's fusion head)."""
+#: epochs of the captioning run: validation BLEU reached 1.0 after 20 (ROUGE-L 0.90 after 12, on
+#: the default 256 / 96 rows; measured on a shared, busy machine, ~35 s)
+CAPTIONING_EPOCHS = 20
+
+
+def captioning_recipe(recipe: Recipe, out: Path, epochs: int = CAPTIONING_EPOCHS) -> Recipe:
+    """The demo recipe plus a captioning task: the tiny GPT-2 in ``out/models/captioner`` writes
+    the ``caption`` column after every encoder's tokens, each projected into its embedding space
+    (LLaVA-style: each modality's tokens say its own cue; a fused-vector prefix learned the four
+    cues more slowly in the demo's few epochs)."""
     from mmfuse.plugins import get_registry
     from mmfuse.recipe import TaskSlot
 
     spec = get_registry().get("task", "mmfuse/generation")
     copy = recipe.model_copy(deep=True)
-    params = spec.config(model=str((out / "models" / "captioner").resolve()), prefix_length=4, max_new_tokens=24)
-    copy.tasks = {"caption": TaskSlot(type=spec.name, target="caption", params=params)}
+    captioner = str((out / "models" / "captioner").resolve())
+    params = spec.config(model=captioner, condition="tokens", projector="linear", max_new_tokens=24)
+    # the classification task stays (it teaches the encoders the cues); the captioner's LM is
+    # randomly initialised, so it gets a larger learning rate than the recipe's
+    copy.tasks = {**copy.tasks, "caption": TaskSlot(type=spec.name, target="caption", lr=1.0e-2, params=params)}
     copy.name = f"{recipe.name}-captioning"
-    copy.trainer.early_stopping = None  # both would monitor the classification task's metrics
-    copy.trainer.checkpoint.monitor = None
+    copy.trainer.epochs = epochs
     return copy
 
 
 def run_captioning_demo(
-    out: Path, recipe_path: Path, overrides: Sequence[str] = (), say: Callable[[str], None] = print
+    out: Path,
+    recipe_path: Path,
+    overrides: Sequence[str] = (),
+    epochs: int = CAPTIONING_EPOCHS,
+    say: Callable[[str], None] = print,
 ) -> tuple[DemoResult, list[tuple[str, str]]]:
     """Train the captioning variant (fused only); return its result and (caption, generated text)
     for the first validation rows."""
@@ -156,7 +168,7 @@ def run_captioning_demo(
     from mmfuse.predict import load
     from mmfuse.run import train
 
-    recipe = captioning_recipe(load_recipe(recipe_path, [*demo_overrides(out), *overrides]), out)
+    recipe = captioning_recipe(load_recipe(recipe_path, [*demo_overrides(out), *overrides]), out, epochs)
     say(f"\n=== training: captioning ({', '.join(recipe.encoders)}) ===")
     run_dir = out / "runs" / "demo-captioning"
     shutil.rmtree(run_dir, ignore_errors=True)

@@ -80,7 +80,7 @@ def test_captioning_trains_and_predict_decodes_with_the_flags(tiny_gpt2, tmp_pat
         "fusion": {"type": "concat", "projection_dim": 8, "hidden_dims": [8], "output_dim": 8, "dropout": 0.0},
         "tasks": {"caption": {"type": "captioning", "model": str(tiny_gpt2), "prefix_length": 2, "max_new_tokens": 24}},
         "optimizer": {"name": "adamw", "lr": 1.0e-2, "weight_decay": 0.0},
-        "trainer": {"epochs": 80, "device": "cpu"},
+        "trainer": {"epochs": 80, "device": "cpu", "eval_every_steps": 40},
     }
     (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(recipe))
     run = tmp_path / "runs" / "captions"
@@ -118,15 +118,21 @@ def test_demo_captioning_variant_builds_trains_a_step_and_decodes(tmp_path):
     )
     prepare_demo(tmp_path, train_rows=8, val_rows=4)
     recipe = captioning_recipe(load_recipe(default_recipe_path(), demo_overrides(tmp_path)), tmp_path)
-    assert list(recipe.tasks) == ["caption"] and recipe.tasks["caption"].target == "caption"
+    assert list(recipe.tasks) == ["label", "caption"] and recipe.tasks["caption"].target == "caption"
+    from mmfuse.data.targets import fit_task_targets
+
+    train = read_manifest(tmp_path / "data" / "train.jsonl")
+    fit_task_targets(recipe, train)  # the classification labels, as mmfuse train does
     torch.manual_seed(0)
     model = build_fused_model(recipe)
-    dataset = build_dataset(read_manifest(tmp_path / "data" / "train.jsonl"), recipe, model)
+    dataset = build_dataset(train, recipe, model)
     preprocessors = {name: encoder.preprocessor() for name, encoder in model.encoders.items()}
     batch = BatchCollator(preprocessors, model.tasks)([dataset[i] for i in range(4)])
     loss, _ = model.compute_loss(model(batch), batch["targets"])
     loss.backward()
-    assert torch.isfinite(loss) and model.tasks["caption"].projector[0].weight.grad.abs().sum() > 0
+    projectors = model.tasks["caption"].projectors
+    assert set(projectors) == {"text", "image", "audio", "video"}  # every encoder's tokens, LLaVA-style
+    assert torch.isfinite(loss) and all(p.weight.grad.abs().sum() > 0 for p in projectors.values())
     row = json.loads((tmp_path / "data" / "val.jsonl").read_text().splitlines()[0])
     sample = {**row, **{key: str(tmp_path / "data" / row[key]) for key in ("image", "audio", "video")}}
     texts = Predictor(model.eval(), recipe).generate([sample], max_new_tokens=3)

@@ -126,11 +126,15 @@ class ContrastiveTask(Task):
         return symmetric_info_nce(left, right, valid, outputs["logit_scale"])
 
     def empty_loss(self, device: torch.device) -> Tensor:
-        """The loss over the other processes' pairs, entering the same gathers with zero rows."""
-        rows = torch.zeros((0, self.config.embed_dim), device=device)
+        """The loss over the other processes' pairs, entering the same gathers with zero rows.
+        The empty embeddings go through the projections, so under autocast they have the dtype
+        the other ranks gather (a gather of mismatched dtypes fails or hangs)."""
+        sides = {
+            side: F.normalize(self.projections[name](torch.zeros((0, self.encoder_dims[name]), device=device)), dim=-1)
+            for side, name in (("left", self.left), ("right", self.right))
+        }
         valid = torch.zeros(0, dtype=torch.bool, device=device)
-        outputs = {"left": rows, "right": rows, "valid": valid, "logit_scale": self.logit_scale().to(device)}
-        return self.loss(outputs)
+        return self.loss({**sides, "valid": valid, "logit_scale": self.logit_scale()})
 
     def build_metrics(self) -> torchmetrics.MetricCollection:
         return torchmetrics.MetricCollection({"recall@1": RetrievalRecall(1), "recall@5": RetrievalRecall(5)})

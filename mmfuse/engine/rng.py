@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["seed_everything", "make_deterministic", "capture_rng_state", "restore_rng_state"]
+__all__ = ["seed_everything", "make_deterministic", "capture_rng_state", "restore_rng_state", "restore_rank_rng"]
 
 
 def seed_everything(seed: int) -> None:
@@ -59,3 +59,14 @@ def restore_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def restore_rank_rng(states: list[dict[str, Any]], rank: int, world_size: int, fallback_seed: int) -> bool:
+    """Give this rank its own saved RNG stream (``states`` holds one per rank, in rank order);
+    return False when ``states`` was saved by another number of processes (or by mmfuse 0.1, one
+    state for all) and each rank was reseeded from ``fallback_seed + rank`` instead."""
+    if len(states) == world_size:
+        restore_rng_state(states[rank])
+        return True
+    seed_everything(fallback_seed + rank)
+    return False

@@ -12,14 +12,52 @@ from __future__ import annotations
 
 import json
 import warnings
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mmfuse.engine.checkpoint import CheckpointError
 
-__all__ = ["EXACTNESS_KEYS", "ResumeSettingsWarning", "check_resume_settings"]
+if TYPE_CHECKING:
+    from mmfuse.data.config import DataConfig
+    from mmfuse.engine.config import OptimizerConfig, SchedulerConfig
+    from mmfuse.recipe import Recipe
+
+__all__ = ["EXACTNESS_KEYS", "ResumeSettingsWarning", "describe_run", "check_resume_settings", "translated_position"]
 
 #: settings that decide the order and grouping of the training rows
 EXACTNESS_KEYS = ("seed", "batch_size", "world_size", "grad_accum_steps", "shuffle", "drop_last", "train_rows", "encoders")
+
+
+def describe_run(
+    *,
+    seed: int,
+    data: "DataConfig",
+    world_size: int,
+    grad_accum_steps: int,
+    train_rows: int,
+    recipe: "Recipe | None",
+    optimizer: "OptimizerConfig | None",
+    scheduler: "SchedulerConfig | None",
+) -> dict[str, Any]:
+    """What a run is started with, as saved in its checkpoints. Encoder settings come from the
+    recipe (without their ``lr`` / ``weight_decay``); a run without a recipe has none."""
+    from mmfuse.engine.config import OptimizerConfig, SchedulerConfig
+
+    encoders: dict[str, Any] = {}
+    if recipe is not None:
+        for name, slot in recipe.to_dict()["encoders"].items():
+            encoders[name] = {key: value for key, value in slot.items() if key not in ("lr", "weight_decay")}
+    return {
+        "seed": seed,
+        "batch_size": data.batch_size,
+        "world_size": world_size,
+        "grad_accum_steps": grad_accum_steps,
+        "shuffle": data.shuffle,
+        "drop_last": data.drop_last,
+        "train_rows": train_rows,
+        "encoders": encoders,
+        "optimizer": (optimizer or OptimizerConfig()).model_dump(mode="json"),
+        "scheduler": (scheduler or SchedulerConfig()).model_dump(mode="json"),
+    }
 
 
 class ResumeSettingsWarning(UserWarning):
@@ -80,3 +118,10 @@ def check_resume_settings(saved: dict[str, Any], current: dict[str, Any], *, for
         warnings.warn(f"resuming from {where} with changed settings: {'; '.join(other)}", ResumeSettingsWarning, stacklevel=3)
     moved = {"batch_size", "world_size"}
     return any(change.split(":")[0] in moved for change in exact)
+
+
+def translated_position(batch_in_epoch: int, saved: dict[str, Any], current: dict[str, Any], batches_per_epoch: int) -> int:
+    """The batch to continue at when a forced resume changed the batch size or process count:
+    after the rows already seen in the epoch."""
+    rows_seen = batch_in_epoch * saved["batch_size"] * saved["world_size"]
+    return min(batches_per_epoch, rows_seen // (current["batch_size"] * current["world_size"]))

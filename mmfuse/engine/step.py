@@ -13,14 +13,16 @@ collectives (``Task.uses_collectives``, the contrastive gather) is asked for its
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import nn
 
 from mmfuse.model import FusedModel
 
-__all__ = ["LossStep", "is_empty_batch", "zero_loss", "batch_rows", "trains_batchnorm", "collective_tasks"]
+__all__ = [
+    "LossStep", "OptimizerStep", "is_empty_batch", "zero_loss", "batch_rows", "trains_batchnorm", "collective_tasks",
+]
 
 
 def is_empty_batch(batch: dict[str, Any]) -> bool:
@@ -82,3 +84,37 @@ class LossStep(nn.Module):
         for name in collective_tasks(self.model):
             loss = loss + 0.0 * self.model.tasks[name].empty_loss(loss.device)
         return loss
+
+
+class OptimizerStep:
+    """Unscale (fp16), a hook, clip, step (skipping a non-finite step), zero the gradients.
+
+    On an accelerator, fused optimizers skip a step on the device when told so (``found_inf``, as
+    GradScaler does), without a host sync. On the CPU reading the flag stalls nothing and is
+    cheaper than the found_inf path (which rolls back every group's step counter with extra
+    kernels)."""
+
+    def __init__(
+        self, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, clip_grad_norm: float | None, device: torch.device
+    ) -> None:
+        self.optimizer, self.scaler, self.clip_grad_norm = optimizer, scaler, clip_grad_norm
+        self.device_side_skip = device.type != "cpu" and bool(getattr(optimizer, "_step_supports_amp_scaling", False))
+
+    def __call__(self, bad: bool | torch.Tensor, before: Callable[[], None]) -> None:
+        """Step unless ``bad`` (a non-finite loss) is set; ``before`` runs after unscaling, before clipping."""
+        optimizer = self.optimizer
+        self.scaler.unscale_(optimizer)  # a no-op without fp16
+        before()
+        if self.clip_grad_norm is not None:
+            params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+            torch.nn.utils.clip_grad_norm_(params, self.clip_grad_norm, foreach=True)
+        if self.scaler.is_enabled():
+            self.scaler.step(optimizer)  # GradScaler itself skips steps whose gradients are not finite
+            self.scaler.update()
+        elif self.device_side_skip:
+            optimizer.found_inf = bad.float()  # type: ignore[attr-defined,union-attr]
+            optimizer.step()
+            del optimizer.found_inf  # type: ignore[attr-defined]
+        elif not bool(bad):  # CPU, or no fused kernel on an accelerator (one sync there)
+            optimizer.step()
+        optimizer.zero_grad(set_to_none=True)

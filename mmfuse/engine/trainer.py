@@ -43,17 +43,17 @@ from mmfuse.engine.checkpoint import (
     Checkpoint, checkpoint_name, find_resumable, load_model_weights, read_checkpoint, remove_leftovers, save_checkpoint,
 )
 from mmfuse.engine.config import OptimizerConfig, SchedulerConfig, TrainerConfig
-from mmfuse.engine.distributed import all_reduce_sum, any_rank_true, gather_objects, init_distributed
+from mmfuse.engine.distributed import any_rank_true, gather_objects, init_distributed
 from mmfuse.engine.evaluation import EvaluationInterrupted, batches_on_every_rank, evaluate_model, most_batches_on_a_rank
 from mmfuse.engine.loading import batches_per_epoch, build_loader, move_to_device, start_epoch
 from mmfuse.engine.threads import apply_thread_settings
-from mmfuse.engine.rng import capture_rng_state, make_deterministic, restore_rng_state, seed_everything
-from mmfuse.engine.run_settings import check_resume_settings
+from mmfuse.engine.rng import capture_rng_state, make_deterministic, restore_rank_rng, seed_everything
+from mmfuse.engine.run_settings import check_resume_settings, describe_run, translated_position
 from mmfuse.engine.schedule import LRSchedule
 from mmfuse.engine.signals import StopSignals
 from mmfuse.engine.stages import apply_stage, check_stages, stage_is_due
 from mmfuse.engine.state import TrainState
-from mmfuse.engine.step import LossStep, batch_rows, is_empty_batch, trains_batchnorm
+from mmfuse.engine.step import LossStep, OptimizerStep, batch_rows, trains_batchnorm
 from mmfuse.engine.window import LossWindow
 from mmfuse.model import FusedModel
 from mmfuse.optim import make_optimizer, param_groups
@@ -138,10 +138,7 @@ class Trainer:
         self.groups_from: Recipe | OptimizerConfig = recipe or (optimizer or OptimizerConfig())
         self.optimizer = make_optimizer(param_groups(self.model, self.groups_from), optimizer or OptimizerConfig())
         self.scaler = torch.amp.GradScaler("cuda", enabled=config.precision == "fp16")
-        # On an accelerator, fused optimizers skip a step on the device when told so (found_inf),
-        # without a host sync. On the CPU reading the flag stalls nothing and is cheaper than the
-        # found_inf path (which rolls back every group's step counter with extra kernels).
-        self.device_side_skip = not self.on_cpu and bool(getattr(self.optimizer, "_step_supports_amp_scaling", False))
+        self.optimizer_step = OptimizerStep(self.optimizer, self.scaler, config.clip_grad_norm, self.device)
         self.train_loader = build_loader(
             train_dataset, collate, self.data, train=True,
             rank=self.context.rank, world_size=self.context.world_size, seed=seed,
@@ -153,11 +150,13 @@ class Trainer:
         self.schedule = LRSchedule(self.optimizer, scheduler or SchedulerConfig(), self.total_steps)
         self.callbacks = build_callbacks(config, named + list(callbacks))
         self.signals = StopSignals()
-        self.state = TrainState(settings=self._run_settings(optimizer, scheduler))
+        self.state = TrainState(settings=describe_run(
+            seed=seed, data=self.data, world_size=self.context.world_size, grad_accum_steps=config.grad_accum_steps,
+            train_rows=len(train_dataset), recipe=recipe, optimizer=optimizer, scheduler=scheduler,  # type: ignore[arg-type]
+        ))
         self.should_stop = False
         self.stop_reason = "completed"
         self._window = LossWindow(self.device)
-        self._pending = [0, 0]  # rows skipped, one-row batches dropped since the last flush (this rank)
         self._trains_batchnorm = False
         self._last_saved: tuple[int, int, int] | None = None
         self._last_checkpoint: Path | None = None
@@ -328,9 +327,9 @@ class Trainer:
             # gradients are averaged over ranks, so one rank's NaN poisons every rank's update:
             # all ranks skip together (one scalar collective)
             bad = any_rank_true(bad, self.context)
-            self._optimizer_step(bad)
+            self.optimizer_step(bad, before=lambda: self._call("on_before_optimizer_step"))
         elif losses:
-            self._optimizer_step(bad)
+            self.optimizer_step(bad, before=lambda: self._call("on_before_optimizer_step"))
         else:
             # no data in the whole step: no gradients, so no update (Adam's moments and weight
             # decay would still move the weights)
@@ -345,52 +344,24 @@ class Trainer:
         """Rows to train on in a micro-batch: 0 when every row was skipped, or when it has one row
         and the model trains BatchNorm layers (which cannot normalise one row; it is dropped and
         counted)."""
-        self._pending[0] += int(batch.pop("skipped", 0))
+        self._window.skipped += int(batch.pop("skipped", 0))
         rows = batch_rows(batch)
         if rows == 1 and self._trains_batchnorm:
-            self._pending[1] += 1
+            self._window.dropped += 1
             return 0
         return rows
 
-    def _optimizer_step(self, bad: bool | torch.Tensor) -> None:
-        """Unscale, ``on_before_optimizer_step``, clip, then step (skipping a non-finite step on
-        the device where possible), then zero the gradients."""
-        optimizer = self.optimizer
-        self.scaler.unscale_(optimizer)  # a no-op without fp16
-        self._call("on_before_optimizer_step")
-        if self.config.clip_grad_norm is not None:
-            params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
-            torch.nn.utils.clip_grad_norm_(params, self.config.clip_grad_norm, foreach=True)
-        if self.scaler.is_enabled():
-            self.scaler.step(optimizer)  # GradScaler itself skips steps whose gradients are not finite
-            self.scaler.update()
-        elif self.device_side_skip:
-            optimizer.found_inf = bad.float()  # type: ignore[attr-defined,union-attr]
-            optimizer.step()
-            del optimizer.found_inf  # type: ignore[attr-defined]
-        elif not bool(bad):  # CPU, or no fused kernel on an accelerator (one sync there)
-            optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-
     def _flush_window(self, log: bool = True) -> None:
-        """Read the device-side counters back (the only host sync of the training loop) and sum
-        them over ranks (one small collective), so the logged loss is every rank's."""
-        summary = self._window.flush()
-        totals = torch.tensor(
-            [summary.loss_sum if summary else 0.0, summary.good if summary else 0, summary.batches if summary else 0,
-             *self._pending], dtype=torch.float64, device=self.device,
-        )
-        all_reduce_sum(totals, self.context)
-        loss_sum, good, batches, skipped, dropped = totals.tolist()
-        self._pending = [0, 0]
-        state = self.state
-        state.epoch_skipped += int(skipped)
-        state.epoch_dropped_single_rows += int(dropped)
-        if not batches:
+        """Read the loss window back (the only host sync of the training loop), summed over ranks."""
+        summary = self._window.flush(self.context)
+        if summary is None:
             return
-        state.epoch_loss_sum += loss_sum
-        state.epoch_loss_count += int(good)
-        nonfinite = summary.nonfinite_steps if summary else 0  # the ranks agree on skipped steps
+        state = self.state
+        state.epoch_skipped += summary.skipped
+        state.epoch_dropped_single_rows += summary.dropped
+        state.epoch_loss_sum += summary.loss_sum
+        state.epoch_loss_count += summary.good
+        nonfinite = summary.nonfinite_steps
         if nonfinite:
             if self.config.nonfinite_loss == "stop":
                 raise NonFiniteLossError(
@@ -400,13 +371,13 @@ class Trainer:
                 )
             state.nonfinite_steps += nonfinite
             self.log(f"skipped {nonfinite} optimizer step(s) with a non-finite loss (up to step {state.global_step})")
-        if log and summary is not None:
+        if log and summary.batches:
             metrics = {
                 "step": float(state.global_step),
                 "epoch": float(state.epoch),
-                "train/loss": loss_sum / good if good else float("nan"),
+                "train/loss": summary.mean_loss,
                 "lr": self.schedule.current_lr(),
-                "samples_per_sec": summary.batches * self.data.batch_size * self.context.world_size / summary.seconds,
+                "samples_per_sec": summary.batches * self.data.batch_size / summary.seconds,
             }
             self._call("on_log", metrics)
 
@@ -574,29 +545,16 @@ class Trainer:
         for key, callback in zip(state_keys(self.callbacks), self.callbacks):
             if saved.callbacks.get(key) is not None:
                 callback.load_state_dict(saved.callbacks[key])
-        self._restore_rng(saved.rng)
+        if not restore_rank_rng(saved.rng, self.context.rank, self.context.world_size, self.seed + 1_000_003 * saved.global_step):
+            self.log(f"the checkpoint holds {len(saved.rng)} RNG state(s) for {self.context.world_size} process(es): reseeded each rank")
         self.state = replace(saved, settings=self.state.settings, optimizer={}, schedule={}, scaler={}, callbacks={}, rng=[])
-        if translate:
-            self._translate_position(saved.settings)
+        if translate:  # forced, with another batch size or process count: keep the rows already seen
+            self.state.batch_in_epoch = translated_position(
+                saved.batch_in_epoch, saved.settings, self.state.settings, self.batches_per_epoch
+            )
         self._last_saved = (self.state.epoch, self.state.batch_in_epoch, self.state.global_step)
         self._last_checkpoint = checkpoint.path
         self.log(f"resumed from {checkpoint.path} (epoch {self.epoch + 1}, step {self.global_step})")
-
-    def _restore_rng(self, states: list[dict[str, Any]]) -> None:
-        """Each rank continues its own RNG stream. A checkpoint from another number of processes
-        (forced) or from mmfuse 0.1 (one state for all ranks) reseeds each rank from the step."""
-        rank, world = self.context.rank, self.context.world_size
-        if len(states) == world:
-            restore_rng_state(states[rank])
-            return
-        seed_everything(self.seed + rank + 1_000_003 * self.global_step)
-        self.log(f"the checkpoint holds {len(states)} RNG state(s) for {world} process(es): reseeded each rank")
-
-    def _translate_position(self, saved: dict[str, Any]) -> None:
-        """Resuming (forced) with another batch size or process count: keep the rows already seen."""
-        rows_seen = self.state.batch_in_epoch * saved["batch_size"] * saved["world_size"]
-        per_batch = self.data.batch_size * self.context.world_size
-        self.state.batch_in_epoch = min(self.batches_per_epoch, rows_seen // per_batch)
 
     def _restore_best(self, last: Path) -> int | None:
         """Load the best checkpoint's weights (``trainer.restore_best``) unless a signal stopped
@@ -632,23 +590,3 @@ class Trainer:
             restored_step=restored,
             signal=self.signals.name or None if self.stop_reason == "signal" else None,
         )
-
-    def _run_settings(self, optimizer: OptimizerConfig | None, scheduler: SchedulerConfig | None) -> dict[str, Any]:
-        """What this run is started with, saved in checkpoints (see :mod:`mmfuse.engine.run_settings`)."""
-        data = self.data
-        encoders: dict[str, Any] = {}
-        if self.recipe is not None:
-            for name, slot in self.recipe.to_dict()["encoders"].items():
-                encoders[name] = {k: v for k, v in slot.items() if k not in ("lr", "weight_decay")}
-        return {
-            "seed": self.seed,
-            "batch_size": data.batch_size,
-            "world_size": self.context.world_size,
-            "grad_accum_steps": self.config.grad_accum_steps,
-            "shuffle": data.shuffle,
-            "drop_last": data.drop_last,
-            "train_rows": len(self.train_dataset),  # type: ignore[arg-type]
-            "encoders": encoders,
-            "optimizer": (optimizer or OptimizerConfig()).model_dump(mode="json"),
-            "scheduler": (scheduler or SchedulerConfig()).model_dump(mode="json"),
-        }

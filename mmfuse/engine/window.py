@@ -1,5 +1,6 @@
 """Training-loss bookkeeping between two log points: the loop adds to it every micro-batch
-without a host sync on an accelerator, and :meth:`LossWindow.flush` reads it back."""
+without a host sync on an accelerator, and :meth:`LossWindow.flush` reads it back and sums it
+over ranks (one small all-reduce), so what is logged is every rank's."""
 
 from __future__ import annotations
 
@@ -9,18 +10,24 @@ from dataclasses import dataclass
 
 import torch
 
+from mmfuse.engine.distributed import DistributedContext, all_reduce_sum
+
 __all__ = ["LossWindow", "WindowSummary"]
 
 
 @dataclass
 class WindowSummary:
-    """What a flushed window held: ``good`` micro-batches (finite loss, not empty) summed to ``loss_sum``."""
+    """What a flushed window held, summed over ranks: ``good`` micro-batches (finite loss, not
+    empty) summed to ``loss_sum``; rows the data pipeline ``skipped``; one-row batches
+    ``dropped``. ``nonfinite_steps`` and ``seconds`` are this rank's (the ranks skip together)."""
 
     batches: int
     good: int
     loss_sum: float
     nonfinite_steps: int
     seconds: float
+    skipped: int = 0
+    dropped: int = 0
 
     @property
     def mean_loss(self) -> float:
@@ -43,6 +50,8 @@ class LossWindow:
         self.step_flags: list[bool | torch.Tensor] = []
         self.batches = 0
         self.empty = 0  # micro-batches whose rows were all skipped: no loss to average
+        self.skipped = 0  # rows the data pipeline skipped
+        self.dropped = 0  # one-row batches set aside (BatchNorm)
         self.started = time.perf_counter()
 
     def no_flag(self) -> bool | torch.Tensor:
@@ -65,10 +74,9 @@ class LossWindow:
         """Count an optimizer step, skipped when ``bad`` is set."""
         self.step_flags.append(bad)
 
-    def flush(self) -> WindowSummary | None:
-        """Read the window back (the host sync) and start a new one; None when nothing was added."""
-        if self.batches == 0:
-            return None
+    def flush(self, context: DistributedContext) -> WindowSummary | None:
+        """Read the window back (the host sync), sum it over ranks (a collective: every rank
+        calls it at the same points) and start a new one; None when no rank added anything."""
         loss_sum, bad = 0.0, 0
         if self.losses:
             losses = torch.stack(self.losses).float()
@@ -78,14 +86,13 @@ class LossWindow:
         nonfinite_steps = 0
         if self.step_flags:
             nonfinite_steps = int(torch.stack([torch.as_tensor(f, device=self.device) for f in self.step_flags]).sum())
-        summary = WindowSummary(
-            batches=self.batches,
-            good=self.batches - self.empty - bad,
-            loss_sum=loss_sum,
-            nonfinite_steps=nonfinite_steps,
-            seconds=max(time.perf_counter() - self.started, 1e-9),
-        )
+        good = self.batches - self.empty - bad
+        totals = torch.tensor([self.batches, good, loss_sum, self.skipped, self.dropped], dtype=torch.float64, device=self.device)
+        batches, good, loss_sum, skipped, dropped = all_reduce_sum(totals, context).tolist()
+        seconds = max(time.perf_counter() - self.started, 1e-9)
         self.losses, self.step_flags = [], []
-        self.batches = self.empty = 0
+        self.batches = self.empty = self.skipped = self.dropped = 0
         self.started = time.perf_counter()
-        return summary
+        if not batches and not skipped:
+            return None
+        return WindowSummary(int(batches), int(good), loss_sum, nonfinite_steps, seconds, int(skipped), int(dropped))

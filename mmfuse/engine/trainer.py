@@ -118,7 +118,8 @@ class Trainer:
             config, data, optimizer, scheduler = recipe.trainer, recipe.data, recipe.optimizer, recipe.scheduler
             seed, name = recipe.seed, recipe.name
             named = recipe_callbacks(recipe, registry)
-        assert isinstance(config, TrainerConfig)
+        if not isinstance(config, TrainerConfig):
+            raise TypeError(f"Trainer(model, config, ...): config must be a TrainerConfig or a Recipe, not {type(config).__name__}")
         self.recipe = recipe
         self.config = config
         self.data = data or DataConfig()

@@ -152,13 +152,23 @@ def train(
 
         model_to_save, recipe_to_save = for_saving(prepared.model, recipe)  # aux heads: dropped unless kept
         save(model_to_save, model_dir, recipe_to_save, registry)
-        write_report(run_dir, registry)
     trainer.context.barrier()
+    if trainer.context.is_distributed:
+        # the report evaluates the model on rank 0 alone, so it runs outside the process group:
+        # a gather (contrastive) or a metric sync (torchmetrics) would wait for the other ranks
+        trainer.context.close()
+    if trainer.is_main:
+        write_report(run_dir, registry, inside_process_group=torch.distributed.is_initialized())
     return TrainOutcome(run_dir=run_dir, model_dir=model_dir, fit=result, test_metrics=test_metrics, interrupted=interrupted)
 
 
-def write_report(run_dir: Path, registry: Registry | None = None) -> None:
-    """``report.html`` for a finished run; a failure to write it is reported, never fatal."""
+def write_report(run_dir: Path, registry: Registry | None = None, inside_process_group: bool = False) -> None:
+    """``report.html`` for a finished run; a failure to write it is reported, never fatal. Not
+    written by one rank of a process group the caller keeps (its evaluation would wait in
+    collectives for the other ranks)."""
+    if inside_process_group:
+        print(f"report: not written inside a running process group; run `mmfuse report {run_dir}`", flush=True)
+        return
     from mmfuse.run_report import build_report
 
     try:

@@ -184,6 +184,8 @@ class ModalityDiagnostics(Callback):
     def on_fit_end(self, trainer: "Trainer", result: "FitResult") -> None:
         if trainer.val_dataset is None or len(trainer.model.encoders) < 2:
             return
+        if not any(task.needs_target for task in trainer.model.tasks.values()):
+            return  # nothing to score per modality (a contrastive-only recipe)
         from mmfuse.engine.loading import build_loader
 
         loader = build_loader(

@@ -34,6 +34,16 @@ def write_pairs(folder: Path, split: str, rows: int, offset: int) -> None:
     (folder / f"{split}.jsonl").write_text("\n".join(lines) + "\n")
 
 
+def stop_launch(process: subprocess.Popen) -> None:
+    """torchrun forwards SIGTERM to its workers and waits for them; then kill whatever is left."""
+    os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+
+
 @pytest.mark.slow
 def test_the_shipped_contrastive_recipe_trains_under_torchrun(tmp_path):
     write_pairs(tmp_path / "data", "train", 16, 0)
@@ -50,18 +60,22 @@ def test_the_shipped_contrastive_recipe_trains_under_torchrun(tmp_path):
         "trainer.epochs=2", "trainer.device=cpu", "--run-dir", str(run_dir),
     ]
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    process = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                               text=True, start_new_session=True)
-    try:
-        output, _ = process.communicate(timeout=300)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        pytest.fail(f"torchrun hung; output:\n{process.communicate()[0][-4000:]}")
+    log = tmp_path / "torchrun.log"
+    with open(log, "w") as handle:  # a file, not a pipe: a hung worker cannot block the read
+        process = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=handle, stderr=subprocess.STDOUT,
+                                   start_new_session=True)
+        try:
+            process.wait(timeout=300)
+        except subprocess.TimeoutExpired:
+            stop_launch(process)
+            pytest.fail(f"torchrun hung; output:\n{log.read_text()[-4000:]}")
+    output = log.read_text()
     assert process.returncode == 0, output[-6000:]
     assert "fusion: no task reads it, so it is not trained" in output
     rows = (run_dir / "metrics.csv").read_text().splitlines()
     assert len(rows) == 3 and "val/align/recall@1" in rows[0]
     assert (run_dir / "model" / "mmfuse.json").is_file()
+    assert (run_dir / "report.html").is_file()  # rank 0 evaluates for it alone, after the process group ends
     state = find_resumable(run_dir).state
     assert state["global_step"] == 4  # 16 rows: 8 per rank, batch 4, 2 epochs
     assert len(state["rng"]) == 2  # each rank's RNG state

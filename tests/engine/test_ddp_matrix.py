@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import math
 import os
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -22,6 +21,7 @@ import pytest
 import torch
 
 from tests.engine.ddp_matrix import CASES, fit_case, summary
+from tests.engine.test_contrastive_recipe_ddp import stop_launch
 
 REPO = Path(__file__).resolve().parents[2]
 #: generous for 2 busy cores; a hang in a collective is what it catches
@@ -38,14 +38,16 @@ def ranks(tmp_path_factory) -> dict[str, list[dict]]:
         "-m", "tests.engine.ddp_matrix", str(out), *CASES,
     ]
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    process = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                               text=True, start_new_session=True)
-    try:
-        output, _ = process.communicate(timeout=LAUNCH_TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        output, _ = process.communicate()
-        pytest.fail(f"the DDP matrix hung (no end after {LAUNCH_TIMEOUT_S} s); last output:\n{output[-4000:]}")
+    log = out / "torchrun.log"
+    with open(log, "w") as handle:  # a file, not a pipe: a hung worker cannot block the read
+        process = subprocess.Popen(command, cwd=REPO, env=env, stdout=handle, stderr=subprocess.STDOUT,
+                                   start_new_session=True)
+        try:
+            process.wait(timeout=LAUNCH_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            stop_launch(process)
+            pytest.fail(f"the DDP matrix hung (no end after {LAUNCH_TIMEOUT_S} s); last output:\n{log.read_text()[-4000:]}")
+    output = log.read_text()
     assert process.returncode == 0, output[-6000:]
     return {name: [torch.load(out / f"{name}-rank{r}.pt", weights_only=True) for r in range(2)] for name in CASES}
 

@@ -8,8 +8,9 @@ A model folder holds::
     assets/<encoder>/    files an encoder needs to rebuild itself (model config, tokenizer files)
     preprocessing.json   each encoder's column, modality and ``preprocessor().settings()``
     labels.json          label vocabularies of the tasks that have them (for people)
-    mmfuse.json          format version, versions (mmfuse, torch, python, each plugin), the
-                         components and the distribution that provided each, weights checksum
+    mmfuse.json          the manifest: format version, versions (mmfuse, torch, python, each
+                         plugin), the components and the distribution that provided each, and the
+                         SHA-256 of every other file (mmfuse.folder_manifest verifies them on load)
 
 Loading rebuilds the model from the recipe through the registry (``parse_recipe`` +
 ``build_fused_model``) and loads the weights strictly. Compatibility policy: a folder written by
@@ -38,6 +39,18 @@ from mmfuse.model import FusedModel, build_fused_model
 from mmfuse.recipe import Recipe, RecipeError, parse_recipe
 from mmfuse.registry import ComponentLoadError, Registry, UnknownComponentError
 from mmfuse.atomic import replace_folder, write_text_synced
+from mmfuse.folder_manifest import (
+    ASSETS_DIR,
+    FORMAT_VERSION,
+    MANIFEST_FILE,
+    RECIPE_FILE,
+    WEIGHTS_FILE,
+    ModelFolderError,
+    check_folder,
+    record_files,
+    resolve_model_dir,
+)
+from mmfuse.folder_manifest import read_manifest as _read_folder_manifest
 from mmfuse.weights import WeightsError, load_state_strictly, read_state_dict, write_state_dict
 
 __all__ = [
@@ -49,17 +62,8 @@ __all__ = [
     "read_manifest",
 ]
 
-FORMAT_VERSION = 1
-WEIGHTS_FILE = "model.safetensors"
-MANIFEST_FILE = "mmfuse.json"
-RECIPE_FILE = "recipe.yaml"
 PREPROCESSING_FILE = "preprocessing.json"
 LABELS_FILE = "labels.json"
-ASSETS_DIR = "assets"
-
-
-class ModelFolderError(ValueError):
-    """A model folder that cannot be loaded: missing plugin, incompatible version, bad weights."""
 
 
 # --------------------------------------------------------------------------- save
@@ -90,6 +94,7 @@ def save(model: FusedModel, path: str | os.PathLike[str], recipe: Recipe, regist
             "components": components,
             "weights": weights,
             "asset_paths": asset_paths,
+            "files": record_files(staging),  # last: every other file is written by now
         }
         quantization = getattr(model, "mmfuse_quantization", None)  # set by mmfuse.compression.quantize
         if quantization:
@@ -240,37 +245,22 @@ def _distribution_of(module_name: str) -> tuple[str | None, str | None]:
 # --------------------------------------------------------------------------- load
 
 
-def resolve_model_dir(path: str | os.PathLike[str]) -> Path:
-    """A model folder, or a run folder holding one in ``model/``."""
-    path = Path(path)
-    for candidate in (path, path / "model"):
-        if (candidate / MANIFEST_FILE).is_file():
-            return candidate
-    if not path.exists():
-        raise ModelFolderError(f"{path} does not exist")
-    raise ModelFolderError(
-        f"{path} is not an mmfuse model folder (no {MANIFEST_FILE}, and no model/{MANIFEST_FILE}); "
-        f"pass the folder written by mmfuse.save or a run folder of `mmfuse train`"
-    )
-
-
 def read_manifest(model_dir: Path) -> dict[str, Any]:
-    file = model_dir / MANIFEST_FILE
-    try:
-        manifest = json.loads(file.read_text())
-    except (OSError, ValueError) as exc:
-        raise ModelFolderError(f"{file}: cannot read the model manifest: {exc}") from exc
-    if not isinstance(manifest, dict) or "format" not in manifest:
-        raise ModelFolderError(f"{file}: not an mmfuse model manifest (no 'format' key)")
-    return manifest
+    """The validated ``mmfuse.json`` of ``model_dir`` as plain data (see mmfuse.folder_manifest)."""
+    return _read_folder_manifest(model_dir).model_dump()
 
 
 def load_model(
     path: str | os.PathLike[str], registry: Registry | None = None, device: str | torch.device = "cpu"
 ) -> tuple[FusedModel, Recipe]:
-    """Rebuild the FusedModel of a model folder (or run folder) in eval mode on ``device``."""
+    """Rebuild the FusedModel of a model folder (or run folder) in eval mode on ``device``.
+
+    Every file is checked against the manifest's digests first; any problem (a file missing,
+    altered, or extra under ``assets/``) is a ModelFolderError naming the file."""
     model_dir = resolve_model_dir(path)
-    manifest = read_manifest(model_dir)
+    checked = _read_folder_manifest(model_dir)
+    check_folder(model_dir, checked).raise_if_bad()
+    manifest = checked.model_dump()
     _check_versions(manifest, model_dir)
     if registry is None:
         from mmfuse.plugins import get_registry
@@ -282,11 +272,18 @@ def load_model(
         model = build_fused_model(recipe, registry)
     except ComponentLoadError as exc:
         raise ModelFolderError(f"{model_dir}: {exc}") from exc
+    except (OSError, ValueError, RuntimeError, ImportError, KeyError, TypeError) as exc:
+        # a builder reading the folder's assets (a tokenizer, a config, weights it should not load)
+        raise ModelFolderError(
+            f"{model_dir / RECIPE_FILE}: cannot rebuild the model from the saved recipe and "
+            f"{ASSETS_DIR}/: {type(exc).__name__}: {exc}"
+        ) from exc
     _quantize_like_saved(model, manifest, model_dir)
-    info = manifest.get("weights", {})
-    file = model_dir / info.get("file", WEIGHTS_FILE)
+    info = manifest["weights"]
+    file = model_dir / info["file"]
     try:
-        load_state_strictly(model, read_state_dict(file, info.get("sha256"), info.get("aliases")), file)
+        # the checksum was verified with every other file just above
+        load_state_strictly(model, read_state_dict(file, None, info["aliases"]), file)
     except WeightsError as exc:
         raise ModelFolderError(str(exc)) from exc
     return model.to(device).eval(), recipe
@@ -365,7 +362,13 @@ def _read_recipe(model_dir: Path, manifest: dict[str, Any], registry: Registry) 
         raise ModelFolderError(f"{file}: the recipe is not a mapping")
     for dotted, relative in manifest.get("asset_paths", {}).items():
         section, name, key = dotted.split(".", 2)
-        raw[section][name][key] = str(model_dir.absolute() / relative)
+        slot = raw.get(section, {}).get(name) if isinstance(raw.get(section), dict) else None
+        if not isinstance(slot, dict):
+            raise ModelFolderError(
+                f"{model_dir / MANIFEST_FILE}: asset path '{dotted}' names {section}.{name}, which "
+                f"{RECIPE_FILE} does not have"
+            )
+        slot[key] = str(model_dir.absolute() / relative)  # inside the folder: check_folder made sure
     try:
         return parse_recipe(raw, registry, file=str(file))
     except RecipeError as exc:

@@ -142,11 +142,16 @@ class Registry:
         existing = self._specs[spec.kind].get(spec.name)
         if existing is not None:
             raise DuplicateComponentError(
-                f"Duplicate {spec.kind} '{spec.name}': registered by "
-                f"{existing.provenance.describe()} and by {spec.provenance.describe()}. "
-                f"Uninstall or disable one of them (MMFUSE_DISABLE_PLUGINS={spec.provenance.plugin})."
+                f"Duplicate {spec.kind} '{spec.name}': already registered by "
+                f"{existing.provenance.describe()}, which is kept; the one from {spec.provenance.describe()} "
+                f"is not registered. Rename it in that plugin, or disable the plugin "
+                f"(MMFUSE_DISABLE_PLUGINS={spec.provenance.plugin})."
             )
         self._specs[spec.kind][spec.name] = spec
+
+    def has(self, kind: str, name: str) -> bool:
+        """Whether ``name`` is registered as a full name (aliases not considered)."""
+        return name in self._specs.get(kind, {})
 
     def specs(self, kind: str) -> list[ComponentSpec]:
         return sorted(self._specs[kind].values(), key=lambda s: s.name)
@@ -208,13 +213,14 @@ class Registry:
         return error
 
     def _broken_provider(self, name: str) -> Any:
-        if not self.broken:
+        failed = [f for f in self.broken if getattr(f, "dropped", None) is None]  # not dropped components
+        if not failed:
             return None
         namespace = name.split("/", 1)[0] if "/" in name else None
-        for failure in self.broken:
+        for failure in failed:
             keys = {failure.entry_point, failure.distribution or ""}
             if namespace and namespace in keys:
                 return failure
             if name in keys:
                 return failure
-        return self.broken[0] if len(self.broken) == 1 else None
+        return failed[0] if len(failed) == 1 else None

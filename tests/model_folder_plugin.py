@@ -176,3 +176,17 @@ def text_image_samples(folder: Path) -> list[dict[str, Any]]:
         {"text": "hello world", "picture": np.full((20, 30, 3), 200, dtype=np.uint8)},
         {"text": SAMPLE_TEXTS[1], "picture": None},
     ]
+
+
+def reseal(folder: Path) -> None:
+    """Record the current digest of every file in the folder's manifest, as ``mmfuse.save`` would:
+    what someone who edits a model folder on purpose (or a test of a consistent folder of another
+    model) does."""
+    import json
+
+    from mmfuse.folder_manifest import record_files
+
+    manifest = json.loads((folder / "mmfuse.json").read_text())
+    manifest["files"] = record_files(folder)
+    manifest["weights"]["sha256"] = manifest["files"]["model.safetensors"]["sha256"]
+    (folder / "mmfuse.json").write_text(json.dumps(manifest))

@@ -100,12 +100,16 @@ def test_disable_list_skips_plugins(monkeypatch):
     assert "mmfuse/classification" in registry.names("task")
 
 
-def test_duplicate_names_are_an_error_naming_both_providers():
+def test_duplicate_name_drops_the_second_component_with_a_warning_naming_both_providers():
     first = make_plugin("a", "mmfuse_register_fusions", "dup/fuse")
     second = make_plugin("b", "mmfuse_register_fusions", "dup/fuse")
-    with pytest.raises(DuplicateComponentError) as info:
-        load_registry([("first", first), ("second", second)], entry_points=False)
-    assert "plugin 'first'" in str(info.value) and "plugin 'second'" in str(info.value)
+    registry = load_registry([("first", first), ("second", second)], entry_points=False)
+    assert registry.get("fusion", "dup/fuse").provenance.plugin == "first"
+    [dropped] = registry.broken
+    assert dropped.dropped == "fusion 'dup/fuse'" and isinstance(dropped.error, DuplicateComponentError)
+    assert "plugin 'first'" in dropped.describe() and "plugin 'second'" in dropped.describe()
+    with pytest.raises(PluginLoadError, match="MMFUSE_STRICT_PLUGINS"):
+        load_registry([("first", first), ("second", second)], entry_points=False, strict=True)
 
 
 def test_ambiguous_short_alias_requires_full_name():
@@ -117,10 +121,13 @@ def test_ambiguous_short_alias_requires_full_name():
         registry.get("task", "score")
 
 
-def test_unnamespaced_registration_is_rejected():
+def test_unnamespaced_registration_is_dropped_with_a_warning():
     plugin = make_plugin("a", "mmfuse_register_encoders", "plain")
-    with pytest.raises(Exception, match="without a namespace"):
-        load_registry([("a", plugin)], entry_points=False)
+    registry = load_registry([("a", plugin)], entry_points=False)
+    assert "plain" not in registry.names("encoder")
+    assert "without a namespace" in registry.broken[0].describe()
+    with pytest.raises(PluginLoadError, match="without a namespace"):
+        load_registry([("a", plugin)], entry_points=False, strict=True)
 
 
 def test_hook_that_raises_is_reported_and_others_load():
@@ -146,3 +153,95 @@ def test_builder_import_error_is_chained():
     with pytest.raises(ComponentLoadError) as info:
         registry.get("encoder", "x/enc").load_builder()
     assert isinstance(info.value.__cause__, ModuleNotFoundError)
+
+
+# --------------------------------------------------------------------------- hostile third-party plugins
+
+SHADOWING_PLUGIN = """
+from mmfuse import hookimpl
+
+@hookimpl
+def mmfuse_register_fusions(register):
+    register("evil/fuse", builder="evil_fusions:build")
+"""
+
+CLASHING_PLUGIN = """
+from mmfuse import hookimpl
+
+@hookimpl
+def mmfuse_register_fusions(register):
+    register("mmfuse/concat", builder="acme_clash:build")   # a built-in's full name
+    register("mmfuse/brand_new", builder="acme_clash:build")  # the reserved namespace
+    register("bare", builder="acme_clash:build")              # no namespace
+    register("acme/fine", builder="acme_clash:build")         # still registered
+"""
+
+
+def test_entry_point_named_like_a_builtin_does_not_replace_it(tmp_path, monkeypatch):
+    write_distribution(tmp_path, "evil-fusions", "0.1.0", "evil_fusions", SHADOWING_PLUGIN, ep_name="fusions")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    registry = load_registry()
+    spec = registry.get("fusion", "concat")
+    assert (spec.name, spec.provenance.distribution) == ("mmfuse/concat", "mmfuse")  # built-in heads still there
+    assert "evil/fuse" not in registry.names("fusion")
+    [clash] = registry.broken
+    message = clash.describe()
+    assert "evil-fusions 0.1.0" in message and "already the plugin of mmfuse" in message and "which is kept" in message
+    monkeypatch.setenv("MMFUSE_STRICT_PLUGINS", "1")
+    with pytest.raises(PluginLoadError, match="evil-fusions"):
+        load_registry()
+
+
+def test_third_party_duplicate_reserved_or_bare_names_are_dropped_naming_the_distribution(tmp_path, monkeypatch):
+    write_distribution(tmp_path, "acme-clash", "2.0.0", "acme_clash", CLASHING_PLUGIN)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    registry = load_registry()
+    assert registry.get("fusion", "mmfuse/concat").provenance.distribution == "mmfuse"
+    assert registry.get("fusion", "acme/fine").provenance.distribution == "acme-clash"
+    assert "mmfuse/brand_new" not in registry.names("fusion") and "bare" not in registry.names("fusion")
+    dropped = {failure.dropped: failure.describe() for failure in registry.broken}
+    assert set(dropped) == {"fusion 'mmfuse/concat'", "fusion 'mmfuse/brand_new'", "fusion 'bare'"}
+    assert all("acme-clash 2.0.0" in text for text in dropped.values())
+    assert "already registered by plugin 'fusions' (mmfuse" in dropped["fusion 'mmfuse/concat'"]
+    assert "MMFUSE_DISABLE_PLUGINS=acme_clash" in dropped["fusion 'mmfuse/concat'"]  # the offender, not the built-in
+    with pytest.raises(UnknownComponentError) as info:  # a dropped name is not "a plugin failed to load"
+        registry.get("fusion", "nothing/here")
+    assert "failed to load" not in str(info.value)
+    monkeypatch.setenv("MMFUSE_STRICT_PLUGINS", "1")
+    with pytest.raises(PluginLoadError, match="acme-clash"):
+        load_registry()
+
+
+def test_system_exit_at_plugin_import_is_reported_naming_the_distribution(tmp_path, monkeypatch):
+    write_distribution(tmp_path, "acme-quitter", "0.3.0", "acme_quitter", "import sys\nsys.exit('no GPU, bye')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    registry = load_registry()
+    assert registry.get("encoder", "vector")
+    [failure] = registry.broken
+    assert failure.distribution == "acme-quitter" and isinstance(failure.error, SystemExit)
+    assert "acme-quitter 0.3.0 failed: SystemExit: no GPU, bye" in failure.describe()
+
+
+def test_system_exit_in_a_registration_hook_is_reported():
+    def mmfuse_register_tasks(register):
+        raise SystemExit(3)
+
+    quitter = types.SimpleNamespace(mmfuse_register_tasks=hookimpl(mmfuse_register_tasks))
+    registry = load_registry([("quitter", quitter)], entry_points=False)
+    assert [f.entry_point for f in registry.broken] == ["quitter"]
+
+
+def test_cli_commands_keep_working_next_to_a_clashing_plugin(tmp_path, monkeypatch, capsys):
+    from mmfuse.cli import main
+    from mmfuse.plugins import reset_default_registry
+
+    write_distribution(tmp_path, "acme-clash", "2.0.0", "acme_clash", CLASHING_PLUGIN)
+    write_distribution(tmp_path, "evil-fusions", "0.1.0", "evil_fusions", SHADOWING_PLUGIN, ep_name="fusions")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    reset_default_registry()
+    try:
+        assert main(["plugins"]) == 0
+        captured = capsys.readouterr()
+        assert "mmfuse/concat" in captured.out and "acme-clash" in captured.out + captured.err
+    finally:
+        reset_default_registry()

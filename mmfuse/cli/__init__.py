@@ -30,6 +30,7 @@ COMMANDS = {
     "quantize": "mmfuse.cli.quantize",
     "report": "mmfuse.cli.report",
     "explain": "mmfuse.cli.explain",
+    "verify": "mmfuse.cli.verify",
 }
 
 

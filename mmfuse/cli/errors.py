@@ -20,10 +20,12 @@ class ExitStatus:
 def user_error_types() -> tuple[type[BaseException], ...]:
     """Exceptions caused by the user's input, not by a bug."""
     from mmfuse.data.errors import DataError
+    from mmfuse.plugins import PluginLoadError
     from mmfuse.recipe import RecipeError
     from mmfuse.registry import UnknownComponentError
 
-    types: list[type[BaseException]] = [RecipeError, DataError, UnknownComponentError]
+    # PluginLoadError: MMFUSE_STRICT_PLUGINS refused a broken or clashing plugin
+    types: list[type[BaseException]] = [RecipeError, DataError, UnknownComponentError, PluginLoadError]
     try:
         from mmfuse.artifact import ModelFolderError
 

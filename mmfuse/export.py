@@ -12,14 +12,19 @@ The exported graph takes flat tensors instead of the batch dict, in this order a
 Outputs are the task outputs in recipe order: ``<task>`` for a tensor output (e.g. logits),
 ``<task>.<key>`` / ``<task>.<index>`` for dict / tuple outputs. Every dimension that is neither 0
 nor 1 in the example batch and that the model does not fix (batch size, sequence length) stays
-dynamic. A ``<out>.json`` file next to the export lists the names, shapes and label vocabularies
-and the parity measured against eager PyTorch.
+dynamic. So the export is traced on a batch whose rows differ in size, and is then checked on a
+second batch of another batch size (and other lengths, where the samples allow): a dimension the
+exporter fixed from the example is an ExportError naming the input, not an export that rejects
+every real input. A ``<out>.json`` file next to the export lists the names, shapes and label
+vocabularies and the parity measured against eager PyTorch on both batches.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
+import tempfile
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -31,6 +36,8 @@ from mmfuse.model import FusedModel
 from mmfuse.recipe import Recipe
 
 __all__ = ["FORMATS", "PARITY_TOLERANCE", "ExportError", "FlatFusedModel", "export_model", "example_batch"]
+
+log = logging.getLogger("mmfuse.export")
 
 FORMATS = {"onnx": ".onnx", "torch-export": ".pt2"}
 PARITY_TOLERANCE = 1e-4
@@ -99,29 +106,88 @@ def example_batch(model: FusedModel, recipe: Recipe, samples: Sequence[Mapping[s
     return {"inputs": inputs, "present": present}
 
 
+def example_batches(
+    model: FusedModel, recipe: Recipe, example: Mapping[str, Any] | Sequence[Mapping[str, Any]] | None
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(trace batch, check batch): the check batch has another batch size and, where the samples
+    differ in length, other sequence lengths, so the export is checked on a shape it was not traced on.
+
+    ``example`` None: three generated rows (``mmfuse.testing.samples``: texts, images, clips of
+    different sizes) when every encoder's modality has them, else the padding rows of
+    :func:`example_batch` (with a warning: their lengths are all alike)."""
+    if isinstance(example, Mapping):
+        trace = {"inputs": example["inputs"], "present": example["present"]}
+        return trace, _other_batch_size(trace)
+    samples = list(example) if example else None
+    with tempfile.TemporaryDirectory(prefix="mmfuse-export-") as folder:
+        if samples is None:
+            samples = _generated_samples(model, recipe, Path(folder))
+        if not samples:
+            trace = example_batch(model, recipe, None)
+            return trace, _other_batch_size(trace)
+        trace = example_batch(model, recipe, samples)
+        # fewer rows (and so, usually, shorter sequences); two rows given: one more row instead
+        check_rows = samples[: len(samples) - 1] if len(samples) >= 3 else [*samples, samples[0]]
+        return trace, example_batch(model, recipe, check_rows)
+
+
+def _generated_samples(model: FusedModel, recipe: Recipe, folder: Path) -> list[dict[str, Any]]:
+    from mmfuse.testing.samples import component_samples
+
+    values: dict[str, list[Any]] = {}
+    for name, encoder in model.encoders.items():
+        modality = encoder.preprocessor().modality
+        params = recipe.encoders[name].params if name in recipe.encoders else None
+        try:
+            values[recipe.column_of(name)] = component_samples(params, modality, folder)[:3]
+        except (ValueError, OSError, ImportError) as exc:
+            log.warning(
+                "export: no sample %s values for encoder '%s' (%s); tracing on padding rows, whose lengths "
+                "are all alike. Pass samples (--samples FILE.jsonl) to keep its dimensions dynamic.",
+                modality, name, exc,
+            )
+            return []
+    count = min(len(column) for column in values.values())
+    return [{column: column_values[row] for column, column_values in values.items()} for row in range(count)]
+
+
+def _other_batch_size(batch: Mapping[str, Any]) -> dict[str, Any]:
+    """The same batch with one row fewer (three rows or more) or one row repeated."""
+    size = next(iter(batch["present"].values())).shape[0]
+    rows = torch.arange(size - 1) if size >= 3 else torch.tensor([*range(size), 0])
+    return {
+        "inputs": {enc: {key: t.index_select(0, rows) for key, t in tensors.items()} for enc, tensors in batch["inputs"].items()},
+        "present": {enc: t.index_select(0, rows) for enc, t in batch["present"].items()},
+    }
+
+
 def export_model(
     model_dir: str | os.PathLike[str],
     out: str | os.PathLike[str],
     format: str = "onnx",
     example: Mapping[str, Any] | Sequence[Mapping[str, Any]] | None = None,
+    registry: Any = None,
 ) -> Path:
     """Export the model of a model folder (or run folder) to ``out``; return ``out``.
 
     ``example`` is a batch dict (``inputs``/``present``), a list of raw samples, or None (see
-    :func:`example_batch`). The export is checked against eager PyTorch on the example; a max abs
-    difference above ``PARITY_TOLERANCE`` raises ExportError.
+    :func:`example_batches`). The export is checked against eager PyTorch on the example and on a
+    batch of another size; a max abs difference above ``PARITY_TOLERANCE``, or an export that
+    rejects the second batch, raises ExportError. ``registry``: default, the installed plugins.
     """
     if format not in FORMATS:
         raise ExportError(f"unknown export format {format!r}; choose one of {', '.join(FORMATS)}")
     model_dir = resolve_model_dir(model_dir)
-    model, recipe = load_model(model_dir, device="cpu")
-    batch = example if isinstance(example, Mapping) else example_batch(model, recipe, example)
-    batch = {"inputs": batch["inputs"], "present": batch["present"]}
+    model, recipe = load_model(model_dir, registry=registry, device="cpu")
+    batch, check_batch = example_batches(model, recipe, example)
     input_keys = {enc: sorted(batch["inputs"][enc]) for enc in model.encoders if enc in batch["inputs"]}
     with torch.inference_mode():
         eager = _flatten_outputs(model(batch))
+        eager_check = _flatten_outputs(model(check_batch))
     flat_model = FlatFusedModel(model, input_keys, list(eager)).eval()
     args = tuple(t.detach().cpu() for t in flat_model.flatten_batch(batch))
+    check_args = tuple(t.detach().cpu() for t in flat_model.flatten_batch(check_batch))
+    _warn_fixed_dimensions(flat_model.input_names, args, check_args)
     dynamic = (tuple({dim: torch.export.Dim.AUTO for dim in range(t.ndim)} for t in args),)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -135,14 +201,52 @@ def export_model(
         raise
     except Exception as exc:
         raise ExportError(f"exporting {model_dir} to {format} failed: {type(exc).__name__}: {exc}") from exc
-    difference = max((float((a - torch.as_tensor(b)).abs().max()) for a, b in zip(eager.values(), exported)), default=0.0)
-    _write_sidecar(out, format, flat_model, args, eager, recipe, difference, model_dir)
+    try:
+        exported_check = run_exported(check_args)
+    except Exception as exc:
+        raise ExportError(_rejects_other_shapes(out, format, flat_model.input_names, args, check_args, exc)) from exc
+    difference = max(_max_difference(eager, exported), _max_difference(eager_check, exported_check))
+    _write_sidecar(out, format, flat_model, args, eager, recipe, difference, model_dir, check_args)
     if difference > PARITY_TOLERANCE:
         raise ExportError(
             f"{out}: the {format} export differs from eager PyTorch by {difference:.3g} "
-            f"(tolerance {PARITY_TOLERANCE}) on the example batch"
+            f"(tolerance {PARITY_TOLERANCE}) on the example batches"
         )
     return out
+
+
+def _max_difference(eager: Mapping[str, Tensor], exported: Sequence[Any]) -> float:
+    return max((float((a - torch.as_tensor(b)).abs().max()) for a, b in zip(eager.values(), exported)), default=0.0)
+
+
+def _warn_fixed_dimensions(names: Sequence[str], args: Sequence[Tensor], check_args: Sequence[Tensor]) -> None:
+    """A size-1 dimension the check batch does not vary either: the export fixes it untested."""
+    for name, traced, checked in zip(names, args, check_args):
+        fixed = [dim for dim in range(1, traced.ndim) if traced.shape[dim] == 1 and checked.shape[dim] == 1]
+        if fixed:
+            log.warning(
+                "export: %s has size 1 in dimension %s of the example (shape %s); the exporter fixes such a "
+                "dimension, so inputs where it is longer will be rejected. Trace with samples where it varies.",
+                name, ", ".join(map(str, fixed)), list(traced.shape),
+            )
+
+
+def _rejects_other_shapes(
+    out: Path, format: str, names: Sequence[str], args: Sequence[Tensor], check_args: Sequence[Tensor], exc: Exception
+) -> str:
+    changed = [
+        f"{name} (traced {list(a.shape)}, checked {list(b.shape)})"
+        for name, a, b in zip(names, args, check_args)
+        if a.shape != b.shape
+    ]
+    ones = [name for name, a in zip(names, args) if any(size == 1 for size in a.shape[1:])]
+    hint = f" Inputs with a dimension of size 1 in the example, which the exporter fixes: {', '.join(ones)}." if ones else ""
+    return (
+        f"{out}: the {format} export rejects a batch of another shape, so it would reject real inputs: "
+        f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}. Inputs whose "
+        f"shape changed: {', '.join(changed) or 'none'}.{hint} Trace with samples whose values differ in "
+        f"length (--samples FILE.jsonl, at least two rows)."
+    )
 
 
 def _export_onnx(module: FlatFusedModel, args: tuple[Tensor, ...], dynamic: Any, out: Path):
@@ -190,6 +294,7 @@ def _write_sidecar(
     recipe: Recipe,
     difference: float,
     model_dir: Path,
+    check_args: Sequence[Tensor] = (),
 ) -> None:
     labels = {name: list(task.label_names() or []) for name, task in module.model.tasks.items()}
     info = {
@@ -206,6 +311,9 @@ def _write_sidecar(
         "columns": {enc: recipe.column_of(enc) for enc in module.input_keys},
         "labels": {name: values for name, values in labels.items() if values},
         "parity_max_abs_diff": difference,
+        "parity_checked_on": [
+            {name: list(t.shape) for name, t in zip(module.input_names, shapes)} for shapes in (args, check_args) if shapes
+        ],
         "preprocessing": "in Python: mmfuse.load(model_folder).collate(samples) gives the inputs",
     }
     Path(f"{out}.json").write_text(json.dumps(info, indent=2) + "\n")

@@ -13,7 +13,16 @@ from mmfuse.artifact import save
 from mmfuse.cli import main
 from mmfuse.export import ExportError, FlatFusedModel, export_model
 from mmfuse.predict import Predictor
-from tests.model_folder_plugin import VECTOR_SAMPLES, seeded_model, text_image_recipe, text_image_samples, vector_recipe
+from tests.model_folder_plugin import (
+    VECTOR_SAMPLES,
+    seeded_model,
+    text_image_recipe,
+    text_image_samples,
+    two_modality_recipe,
+    vector_recipe,
+    words_registry,
+    write_vocab,
+)
 
 
 @pytest.fixture
@@ -73,12 +82,54 @@ def test_torch_export_program_matches_eager_after_save_and_load(vector_folder, t
     assert (score - expected["score"]).abs().max() <= 1e-4
 
 
-def test_export_without_samples_uses_padding_rows(vector_folder, tmp_path):
+def test_export_without_samples_traces_generated_rows_and_checks_another_batch_size(vector_folder, tmp_path):
     folder = vector_folder[0]
     out = export_model(folder, tmp_path / "blank.onnx")
     info = json.loads((tmp_path / "blank.onnx.json").read_text())
-    assert info["inputs"][0]["example_shape"] == [2, 4]
+    assert info["inputs"][0]["example_shape"] == [3, 4]
+    assert [shapes["inputs.feats.values"] for shapes in info["parity_checked_on"]] == [[3, 4], [2, 4]]
     assert out.stat().st_size > 1000
+
+
+def test_torch_export_without_samples_keeps_the_sequence_length_dynamic(tmp_path):
+    # the words encoder pads a batch of missing rows to length 1: traced on those, the export
+    # fixed the sequence length at 1 and rejected every real sentence
+    registry = words_registry()
+    model, recipe = seeded_model(two_modality_recipe(write_vocab(tmp_path)), seed=3, registry=registry)
+    folder = save(model, tmp_path / "model", recipe, registry=registry)
+    out = export_model(folder, tmp_path / "words.pt2", format="torch-export", registry=registry)
+    checked = json.loads(Path(f"{out}.json").read_text())["parity_checked_on"]
+    assert checked[0]["inputs.text.ids"] != checked[1]["inputs.text.ids"]  # traced and checked on two lengths
+    predictor = Predictor(model, recipe)
+    batch = predictor.collate([{"sentence": "the cat sits on the red mat and the dog runs"}, {"feats": [1.0, 2.0, 3.0]}])
+    flat = FlatFusedModel(model, {"text": ["ids"], "feats": ["values"]}, ["label"])
+    (label,) = torch.export.load(str(out)).module()(*flat.flatten_batch(batch))
+    assert (label - _eager(model, batch)["label"]).abs().max() <= 1e-4
+
+
+def test_padding_rows_fallback_warns_naming_the_size_1_input(tmp_path, monkeypatch, caplog):
+    import mmfuse.testing.samples
+
+    def no_samples(config, modality, folder):
+        raise ValueError(f"no built-in sample values for modality '{modality}'")
+
+    monkeypatch.setattr(mmfuse.testing.samples, "component_samples", no_samples)
+    registry = words_registry()
+    model, recipe = seeded_model(two_modality_recipe(write_vocab(tmp_path)), seed=3, registry=registry)
+    folder = save(model, tmp_path / "model", recipe, registry=registry)
+    with caplog.at_level("WARNING", logger="mmfuse.export"):
+        export_model(folder, tmp_path / "words.pt2", format="torch-export", registry=registry)
+    assert "tracing on padding rows" in caplog.text
+    assert "inputs.text.ids has size 1 in dimension 1 of the example (shape [2, 1])" in caplog.text
+
+
+def test_export_that_rejects_another_batch_size_is_an_error_naming_the_input(vector_folder, tmp_path):
+    folder = vector_folder[0]  # one sample: torch.export fixes the batch dimension at 1
+    with pytest.raises(ExportError) as info:
+        export_model(folder, tmp_path / "one.pt2", format="torch-export", example=VECTOR_SAMPLES[:1])
+    message = str(info.value)
+    assert "export rejects a batch of another shape" in message
+    assert "inputs.feats.values (traced [1, 4], checked [2, 4])" in message
 
 
 def test_unknown_format_is_refused(vector_folder, tmp_path):

@@ -208,3 +208,15 @@ def test_cli_commands_exit_2_on_a_tampered_folder(vector_folder, tmp_path, capsy
     assert "recipe.yaml: altered" in capsys.readouterr().err
     assert main(["export", str(vector_folder), "--out", str(tmp_path / "m.onnx")]) == 2
     assert "recipe.yaml: altered" in capsys.readouterr().err
+
+
+def test_verify_imports_no_torch(vector_folder):
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from mmfuse.cli import main; status = main(['verify', sys.argv[1]]); "
+        "print('status', status, 'torch' in sys.modules)"
+    )
+    result = subprocess.run([sys.executable, "-c", code, str(vector_folder)], capture_output=True, text=True, timeout=120)
+    assert "status 0 False" in result.stdout, result.stderr

@@ -1,9 +1,12 @@
-"""Engine overhead: the same fused model, data and optimizer trained by a hand-written PyTorch loop
-and by mmfuse's Trainer, interleaved in one run; prints the median step-time ratio engine/hand.
+"""Engine overhead: the same fused model, data and optimizer trained by a hand-written PyTorch loop,
+by mmfuse's Trainer and by the Hugging Face Trainer, interleaved in one run; prints the median
+step-time ratios engine/hand-written and engine/HF Trainer.
 
-    .venv/bin/python benchmarks/engine_overhead.py --rounds 6 --steps 60
+    .venv/bin/python benchmarks/engine_overhead.py --rounds 6 --steps 60 [--no-hf]
 
-Goal: <= 1.02 on CPU. A step is timed from one optimizer step's end to the next, so data
+Goals on CPU: engine/hand-written <= 1.02, engine/HF Trainer <= 1. The HF Trainer side needs
+``accelerate`` (``pip install -e ".[bench]"``); it gets the same fused AdamW, learning rate and
+weight decay, a constant schedule and no logging, saving or evaluation during the steps. A step is timed from one optimizer step's end to the next, so data
 loading, forward, backward, optimizer step and the engine's per-step bookkeeping all count. Both
 wall time and this process's CPU time are reported: on a machine shared with other jobs the CPU
 time is the steadier measure of the engine's own work.
@@ -115,6 +118,47 @@ def engine(model: FusedModel, recipe: Recipe, data: Dataset, steps: int, run_dir
     return durations(clock.marks)
 
 
+class FusedForHF(torch.nn.Module):
+    """The fused model behind the Hugging Face Trainer's interface: keyword batch in, ``{"loss"}`` out."""
+
+    def __init__(self, model: FusedModel) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, inputs: dict[str, Any], present: dict[str, Any], targets: dict[str, Any]) -> dict[str, torch.Tensor]:
+        outputs = self.model({"inputs": inputs, "present": present, "targets": targets})
+        loss, _ = self.model.compute_loss(outputs, targets)
+        return {"loss": loss}
+
+
+def hf_trainer(model: FusedModel, recipe: Recipe, data: Dataset, steps: int, run_dir: Path) -> list[tuple[float, float]]:
+    """transformers.Trainer on the same model and data, tuned alike: fused AdamW, same lr and
+    weight decay, constant schedule, no logging, saving or evaluation inside the measured steps."""
+    from transformers import Trainer as HFTrainer
+    from transformers import TrainerCallback, TrainingArguments
+
+    marks: list[tuple[float, float]] = []
+
+    class HFStepClock(TrainerCallback):
+        def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            marks.append(now())
+
+        def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            marks.append(now())
+
+    arguments = TrainingArguments(
+        output_dir=str(run_dir), max_steps=steps, per_device_train_batch_size=recipe.data.batch_size,
+        learning_rate=recipe.optimizer.lr, weight_decay=recipe.optimizer.weight_decay, optim="adamw_torch_fused",
+        lr_scheduler_type="constant", warmup_steps=0, logging_strategy="no", save_strategy="no", eval_strategy="no",
+        report_to=[], disable_tqdm=True, dataloader_drop_last=True, remove_unused_columns=False, use_cpu=True,
+        dataloader_num_workers=0, seed=0,
+    )
+    trainer = HFTrainer(model=FusedForHF(model), args=arguments, train_dataset=data, data_collator=collate,
+                        callbacks=[HFStepClock()])
+    trainer.train()
+    return durations(marks)
+
+
 def median_ratio(engine_steps: list[tuple[float, float]], hand_steps: list[tuple[float, float]], column: int) -> float:
     return statistics.median(s[column] for s in engine_steps) / statistics.median(s[column] for s in hand_steps)
 
@@ -126,6 +170,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=5, help="steps dropped at the start of each round")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--no-hf", action="store_true", help="leave out the Hugging Face Trainer")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -135,27 +180,39 @@ def main() -> None:
     data = Rows(args.batch_size * 40)
     hand_times: list[tuple[float, float]] = []
     engine_times: list[tuple[float, float]] = []
+    hf_times: list[tuple[float, float]] = []
     with tempfile.TemporaryDirectory() as folder:
         for round_index in range(args.rounds):
             # alternate which side goes first so drift in machine load hits both equally
             sides = ["hand", "engine"] if round_index % 2 == 0 else ["engine", "hand"]
+            if not args.no_hf:
+                sides.insert(round_index % 3, "hf")
             for side in sides:
                 model = copy.deepcopy(initial)
                 torch.manual_seed(round_index)
                 if side == "hand":
                     hand_times += hand_written(model, recipe, data, args.steps)[args.warmup :]
+                elif side == "hf":
+                    hf_times += hf_trainer(model, recipe, data, args.steps, Path(folder) / f"hf{round_index}")[args.warmup :]
                 else:
                     run_dir = Path(folder) / f"round{round_index}"
                     engine_times += engine(model, recipe, data, args.steps, run_dir)[args.warmup :]
             wall, cpu = median_ratio(engine_times, hand_times, 0), median_ratio(engine_times, hand_times, 1)
-            print(f"round {round_index + 1}/{args.rounds}: median ratio so far wall {wall:.4f}, cpu {cpu:.4f}", flush=True)
+            versus_hf = ""
+            if hf_times:
+                versus_hf = f"; engine/HF wall {median_ratio(engine_times, hf_times, 0):.4f}, cpu {median_ratio(engine_times, hf_times, 1):.4f}"
+            print(f"round {round_index + 1}/{args.rounds}: median ratio so far engine/hand wall {wall:.4f}, cpu {cpu:.4f}{versus_hf}", flush=True)
     for column, clock in ((0, "wall"), (1, "cpu")):
         hand_ms = statistics.median(s[column] for s in hand_times) * 1e3
         engine_ms = statistics.median(s[column] for s in engine_times) * 1e3
-        print(f"{clock:4s} time: hand-written median step {hand_ms:.3f} ms, engine {engine_ms:.3f} ms "
+        hf_ms = f", HF Trainer {statistics.median(s[column] for s in hf_times) * 1e3:.3f} ms" if hf_times else ""
+        print(f"{clock:4s} time: hand-written median step {hand_ms:.3f} ms, engine {engine_ms:.3f} ms{hf_ms} "
               f"over {len(hand_times)} steps each")
     print(f"median step-time ratio engine/hand-written: wall {median_ratio(engine_times, hand_times, 0):.4f}, "
           f"cpu {median_ratio(engine_times, hand_times, 1):.4f} (goal <= 1.02)")
+    if hf_times:
+        print(f"median step-time ratio engine/HF Trainer: wall {median_ratio(engine_times, hf_times, 0):.4f}, "
+              f"cpu {median_ratio(engine_times, hf_times, 1):.4f} (goal <= 1)")
 
 
 if __name__ == "__main__":

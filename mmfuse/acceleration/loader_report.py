@@ -24,12 +24,14 @@ class LoaderReport(Callback):
         data = trainer.data
         cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
         workers = int(getattr(loader, "num_workers", data.num_workers))
-        cache = getattr(getattr(trainer.train_dataset, "sample_cache", None), "mode", "off")
+        dataset = trainer.train_dataset
+        # a manifest dataset has a sample cache (None when off); other datasets have none to offer
+        cache = getattr(dataset.sample_cache, "mode", "off") if hasattr(dataset, "sample_cache") else None
         parts = [
             f"{workers} worker process(es)",
             f"prefetch {getattr(loader, 'prefetch_factor', None) or '-'}",
             f"pin_memory {'on' if getattr(loader, 'pin_memory', False) else 'off'}",
-            f"sample cache {cache}",
+            *([f"sample cache {cache}"] if cache is not None else []),
             f"{cpus} CPU core(s) for {trainer.context.world_size} process(es)",
         ]
         line = "data loading: " + ", ".join(parts)

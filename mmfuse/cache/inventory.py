@@ -12,13 +12,13 @@ from mmfuse.cache.shards import IDENTITY_FILE, PARTIAL_SUFFIX, SHARD_SUFFIX
 
 __all__ = ["Namespace", "list_namespaces", "clear_cache"]
 
-#: kinds of cached data, one sub-folder each
-KINDS = ("samples", "features")
+#: kinds of cached data on disk, one sub-folder each (the feature cache lives in memory)
+KINDS = ("samples",)
 
 
 @dataclass
 class Namespace:
-    kind: str  # "samples" or "features"
+    kind: str  # "samples"
     folder: Path
     label: str  # what wrote it: "<encoder>: <preprocessor class>"
     shards: int

@@ -1,11 +1,11 @@
-"""``mmfuse cache info|clear``: the preprocessed-sample and frozen-encoder feature caches on disk."""
+"""``mmfuse cache info|clear``: the preprocessed-sample cache on disk."""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
-HELP = "show or clear the disk cache of preprocessed samples and frozen-encoder features"
+HELP = "show or clear the disk cache of preprocessed samples"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -13,7 +13,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--dir", type=Path, help="cache folder (default: $MMFUSE_CACHE_DIR, else ~/.cache/mmfuse; a recipe's data.cache_dir)"
     )
-    parser.add_argument("--kind", choices=["samples", "features"], help="only this kind of cached data")
+    parser.add_argument("--kind", choices=["samples"], help="only this kind of cached data")
 
 
 def _size(count: int) -> str:

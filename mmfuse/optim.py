@@ -1,6 +1,7 @@
 """ONE optimizer over a FusedModel, with parameter groups per module.
 
-Groups are named ``encoders.<name>``, ``fusion``, ``tasks.<name>``, ``loss_weighting`` (plus a
+Groups are named ``encoders.<name>``, ``fusion``, ``tasks.<name>`` (``tasks.<name>.unimodal`` for its
+auxiliary unimodal heads), ``loss_weighting`` (plus a
 ``.no_decay`` twin holding biases and normalization weights, unless
 ``optimizer.decay_bias_and_norm`` is set). Each group carries its module's lr and weight decay
 from the recipe. Frozen parameters are left out; staged fine-tuning adds them later with
@@ -45,14 +46,26 @@ def module_settings(model: nn.Module, recipe: Recipe | OptimizerConfig) -> dict[
     for name, module in model.tasks.items():  # type: ignore[attr-defined]
         slot = recipe.tasks[name]
         settings[f"tasks.{name}"] = (module, slot.lr or opt.lr, _pick(slot.weight_decay, opt.weight_decay))
+        unimodal = _unimodal_heads_of(model, name)
+        if unimodal is not None:  # tasks.<name>.unimodal_aux: trained like the task's own head
+            settings[f"tasks.{name}.unimodal"] = (unimodal, slot.lr or opt.lr, _pick(slot.weight_decay, opt.weight_decay))
     settings["loss_weighting"] = (model.loss_weighting, opt.lr, 0.0)  # type: ignore[attr-defined]
     return settings
+
+
+def _unimodal_heads_of(model: nn.Module, task: str) -> nn.Module | None:
+    heads = getattr(model, "unimodal_heads", None)
+    return heads.heads[task] if heads is not None and task in heads.heads else None
 
 
 def _uniform_settings(model: nn.Module, opt: OptimizerConfig) -> dict[str, tuple[nn.Module, float, float]]:
     parts = {f"encoders.{name}": module for name, module in model.encoders.items()}  # type: ignore[attr-defined]
     parts["fusion"] = model.fusion  # type: ignore[assignment]
     parts.update({f"tasks.{name}": module for name, module in model.tasks.items()})  # type: ignore[attr-defined]
+    for name in model.tasks:  # type: ignore[attr-defined]
+        unimodal = _unimodal_heads_of(model, name)
+        if unimodal is not None:
+            parts[f"tasks.{name}.unimodal"] = unimodal
     settings = {name: (module, opt.lr, opt.weight_decay) for name, module in parts.items()}
     settings["loss_weighting"] = (model.loss_weighting, opt.lr, 0.0)  # type: ignore[assignment]
     return settings

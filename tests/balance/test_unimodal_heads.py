@@ -127,3 +127,28 @@ def test_a_task_without_targets_cannot_have_unimodal_heads():
         tiny.model(parse_recipe(raw))
     with pytest.raises(RecipeError, match=r"unimodal_aux"):
         tiny.recipe(task={"unimodal_aux": {"weight": -1}})
+
+
+@pytest.mark.parametrize("from_recipe", [True, False])
+def test_the_one_optimizer_trains_the_heads(from_recipe):
+    """Every trainable parameter, the heads' included, is in exactly one group, and a step moves
+    the heads (with and without a recipe's per-module settings)."""
+    from mmfuse.engine.config import OptimizerConfig
+    from mmfuse.optim import make_optimizer, param_groups
+
+    recipe = tiny.recipe(task={"unimodal_aux": {"weight": 0.3}, "lr": 0.05})
+    model = tiny.model(recipe)
+    groups = param_groups(model, recipe if from_recipe else OptimizerConfig(lr=0.05))
+    placed = [id(p) for group in groups for p in group["params"]]
+    assert sorted(placed) == sorted(id(p) for p in model.parameters() if p.requires_grad)
+    unimodal = [g for g in groups if g["name"].startswith("tasks.label.unimodal")]
+    assert unimodal and all(g["lr"] == 0.05 for g in unimodal)
+
+    optimizer = make_optimizer(groups, OptimizerConfig(lr=0.05))
+    head = model.unimodal_heads.heads["label"]["left"].head[1].weight
+    before = head.detach().clone()
+    batch = tiny.batch()
+    model.train()
+    model.compute_loss(model(batch), batch["targets"])[0].backward()
+    optimizer.step()
+    assert not torch.equal(head.detach(), before)

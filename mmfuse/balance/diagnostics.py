@@ -54,18 +54,12 @@ def _rows_with(batch: Mapping[str, Any], name: str, size: int, device: torch.dev
     return mask.to(device=device, dtype=torch.bool)
 
 
-def _row_count(targets: Mapping[str, Any]) -> int:
-    for value in targets.values():
-        if isinstance(value, Tensor) and value.ndim > 0:
-            return int(value.shape[0])
-    raise ValueError("diagnostics need target tensors")
-
-
 @torch.no_grad()
 def modality_report(model: Any, loader: Any, device: torch.device, autocast: Any, context: Any = None) -> dict[str, Any]:
     """Evaluate ``model`` on ``loader`` as the module docstring says; return plain data."""
     from mmfuse.engine.distributed import all_reduce_sum
     from mmfuse.engine.loading import move_to_device
+    from mmfuse.engine.step import batch_rows
 
     encoders = list(model.encoders)
     was_training = model.training
@@ -89,7 +83,7 @@ def modality_report(model: Any, loader: Any, device: torch.device, autocast: Any
                 continue
             batch = move_to_device(batch, device)
             targets = batch.get("targets", {})
-            size = _row_count(targets)
+            size = batch_rows(batch)
             with autocast():
                 full = model(batch)
             counts[-1] += size
@@ -175,17 +169,19 @@ def _cell(value: float | None) -> str:
 
 
 class ModalityDiagnostics(Callback):
-    """At the end of a fit with two or more encoders and a validation set: print the table and
-    write ``modalities.json`` to the run folder (every rank evaluates; rank 0 writes)."""
+    """At the end of a fit with two or more encoders, a task with targets and a validation set:
+    print the table and write ``modalities.json`` to the run folder (every rank evaluates; rank 0
+    writes). Skipped when the fit was stopped by a signal (the job should end promptly)."""
 
     def __init__(self) -> None:
         self.report: dict[str, Any] | None = None
 
     def on_fit_end(self, trainer: "Trainer", result: "FitResult") -> None:
-        if trainer.val_dataset is None or len(trainer.model.encoders) < 2:
+        model = trainer.model
+        if trainer.val_dataset is None or len(model.encoders) < 2 or result.stop_reason == "signal":
             return
-        if not any(task.needs_target for task in trainer.model.tasks.values()):
-            return  # nothing to score per modality (a contrastive-only recipe)
+        if not any(task.needs_target for task in model.tasks.values()):
+            return  # nothing to score per modality (e.g. contrastive alignment only)
         from mmfuse.engine.loading import build_loader
 
         loader = build_loader(

@@ -11,6 +11,7 @@ learning rates read (:meth:`UnimodalHeads.take_scores`).
 from __future__ import annotations
 
 import copy
+import warnings
 from dataclasses import dataclass
 from typing import Any, Mapping
 
@@ -186,8 +187,6 @@ class UnimodalMetrics:
             self.updated.add(key)
 
     def compute(self, prefix: str) -> dict[str, float]:
-        import warnings
-
         result: dict[str, float] = {}
         for (task, encoder), collection in self.metrics.items():
             with warnings.catch_warnings():

@@ -106,3 +106,18 @@ def test_single_encoder_runs_write_no_diagnostics(tmp_path):
     recipe = tiny.recipe(encoders=("left",), data={"train": str(only_left), "val": str(only_left)})
     train(recipe, run_dir=tmp_path / "run")
     assert not (tmp_path / "run" / "modalities.json").exists()
+
+
+def test_no_task_with_targets_means_no_diagnostics(tmp_path):
+    """A contrastive-only recipe has nothing to score per modality: the fit ends normally."""
+    from mmfuse.balance.diagnostics import ModalityDiagnostics
+    from types import SimpleNamespace
+
+    raw = tiny.recipe().to_dict()
+    raw["tasks"] = {"align": {"type": "mmfuse/contrastive", "encoders": ["left", "right"], "embed_dim": 4}}
+    from mmfuse.recipe import parse_recipe
+
+    model = tiny.model(parse_recipe(raw))
+    trainer = SimpleNamespace(model=model, val_dataset=[1], run_dir=tmp_path)
+    ModalityDiagnostics().on_fit_end(trainer, SimpleNamespace(stop_reason="completed"))
+    assert not (tmp_path / "modalities.json").exists()

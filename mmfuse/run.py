@@ -133,7 +133,8 @@ def train(
 
     prepared = prepare(recipe, registry)
     run_dir = Path(run_dir or resume or new_run_dir(recipe))
-    callbacks = [*callbacks, *feature_cache_callbacks(recipe), DataWaitLogger()]
+    # the data-wait share is in each epoch's row before the caller's callbacks read it
+    callbacks = [DataWaitLogger(), *feature_cache_callbacks(recipe), *callbacks]
     trainer = Trainer.from_recipe(
         recipe, prepared.model, prepared.train, prepared.collate,
         val_dataset=prepared.val, run_dir=run_dir, callbacks=list(callbacks), registry=registry,

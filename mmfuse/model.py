@@ -167,6 +167,10 @@ def build_fused_model(recipe: Recipe, registry: Registry | None = None) -> Fused
         encoder = registry.get("encoder", slot.type).build(slot.params)
         _check_component(encoder, Encoder, f"encoders.{name}", slot.type)
         set_trainable(encoder, freeze=slot.freeze, trainable_layers=slot.trainable_layers)
+        if slot.peft is not None:  # adapters (peft library); freezes the encoder's own weights
+            from mmfuse.peft_adapters import add_adapters
+
+            add_adapters(encoder, slot.peft, f"encoders.{name}")
         encoders[name] = encoder
     input_dims = {name: int(encoder.output_dim) for name, encoder in encoders.items()}
     fusion = registry.get("fusion", recipe.fusion.type).build(recipe.fusion.params, input_dims=input_dims)

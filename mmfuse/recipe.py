@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from mmfuse.balance.config import ModalityDropoutConfig, UnimodalAuxConfig
 from mmfuse.data.config import DataConfig
 from mmfuse.engine.config import OptimizerConfig, SchedulerConfig, TrainerConfig
+from mmfuse.peft_config import PeftSettings
 from mmfuse.recipe_overrides import apply_overrides
 from mmfuse.recipe_problems import Problem, RecipeError, RecipeSource, pydantic_problems
 from mmfuse.recipe_references import reference_problems, stratify_problem
@@ -56,6 +57,9 @@ class EncoderSlot(_Strict):
     )
     lr: float | None = Field(None, gt=0, description="default: optimizer.lr")
     weight_decay: float | None = Field(None, ge=0, description="default: optimizer.weight_decay")
+    peft: PeftSettings | None = Field(
+        None, description="train adapters (LoRA, IA3) instead of the encoder's weights; docs/pretraining.md"
+    )
     params: Any = None
 
 

@@ -129,6 +129,7 @@ def train(
     from mmfuse.artifact import save
     from mmfuse.cache.samples import feature_cache_callbacks
     from mmfuse.engine.trainer import Trainer
+    from mmfuse.peft_adapters import model_for_saving, trainable_summary
     from mmfuse.profiling.data_wait import DataWaitLogger
 
     prepared = prepare(recipe, registry)
@@ -139,6 +140,7 @@ def train(
         recipe, prepared.model, prepared.train, prepared.collate,
         val_dataset=prepared.val, run_dir=run_dir, callbacks=list(callbacks), registry=registry,
     )
+    trainer.log(trainable_summary(prepared.model))
     if trainer.is_main:  # under torchrun, one process writes the run folder's files
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / RECIPE_FILE).write_text(yaml.safe_dump(resolved_recipe(recipe), sort_keys=False), encoding="utf-8")
@@ -152,6 +154,7 @@ def train(
         from mmfuse.balance.unimodal import for_saving
 
         model_to_save, recipe_to_save = for_saving(prepared.model, recipe)  # aux heads: dropped unless kept
+        model_to_save, recipe_to_save = model_for_saving(model_to_save, recipe_to_save)  # merges peft adapters if asked
         save(model_to_save, model_dir, recipe_to_save, registry)
     trainer.context.barrier()
     if trainer.context.is_distributed:

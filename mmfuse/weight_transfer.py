@@ -122,7 +122,10 @@ def transfer_weights(
 
     pairs: list[tuple[str, str]] = []
     for source_prefix, target_prefix in mapping.items():
-        wanted = {target_prefix + key[len(source_prefix):]: key for key in source_state if _under(key, source_prefix)}
+        wanted = {
+            _in_target(target_prefix + key[len(source_prefix):], target_state): key
+            for key in source_state if _under(key, source_prefix)
+        }
         for target_key in sorted(wanted):
             source_key = wanted[target_key]
             if target_key not in target_state:
@@ -135,7 +138,7 @@ def transfer_weights(
                 pairs.append((source_key, target_key))
         mapped = set(wanted)
         report.missing_in_source += sorted(
-            key for key in target_state if _under(key, target_prefix) and key not in mapped
+            key for key in target_state if _under(key, target_prefix) and key not in mapped and not _is_adapter(key)
         )
     covered = list(mapping.values())
     report.fresh_modules = [part for part in _parts(list(target_state)) if not any(_under(part, c) or _under(c, part) for c in covered)]
@@ -151,6 +154,21 @@ def transfer_weights(
             target_state[target_key].copy_(source_state[source_key])
             report.loaded.append(target_key)
     return report
+
+
+def _in_target(key: str, target_state: Mapping[str, torch.Tensor]) -> str:
+    """``key``, or its place under a peft adapter layer (``q.weight`` -> ``q.base_layer.weight``)
+    when the target encoder has adapters: a plain run can initialise a LoRA run."""
+    if key in target_state:
+        return key
+    owner, _, leaf = key.rpartition(".")
+    adapted = f"{owner}.base_layer.{leaf}" if owner else key
+    return adapted if adapted in target_state else key
+
+
+def _is_adapter(key: str) -> bool:
+    """A peft adapter weight: it starts fresh by design, so it is not 'missing in the source'."""
+    return any(part.startswith(("lora_", "ia3_")) for part in key.split("."))
 
 
 class InitFrom(Callback):

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from mmfuse.engine.config import OptimizerConfig
+from mmfuse.layer_decay import split_by_layer_decay
 from mmfuse.recipe import Recipe
 
 __all__ = ["module_settings", "param_groups", "build_optimizer", "make_optimizer"]
@@ -109,7 +110,7 @@ def param_groups(
             groups.append({"name": group_name, "params": decay, "lr": used_lr, "weight_decay": weight_decay})
         if no_decay:
             groups.append({"name": f"{group_name}.no_decay", "params": no_decay, "lr": used_lr, "weight_decay": 0.0})
-    return groups
+    return split_by_layer_decay(groups, model, recipe.optimizer.lr_layer_decay)
 
 
 def make_optimizer(groups: list[dict[str, Any]], config: OptimizerConfig) -> torch.optim.Optimizer:

@@ -35,6 +35,10 @@ class OptimizerConfig(_Section):
     betas: tuple[float, float] = (0.9, 0.999)
     eps: float = Field(1e-8, gt=0)
     rho: float = Field(0.9, gt=0, lt=1, description="Adadelta only")
+    lr_layer_decay: float | None = Field(
+        None, gt=0, le=1,
+        description="layer-wise lr decay over each encoder's layer groups: the last keeps the lr, each one below x this",
+    )
     decay_bias_and_norm: bool = Field(
         False, description="apply weight decay to biases and normalization weights too"
     )

@@ -19,6 +19,7 @@ EXIT_OK, EXIT_FAILURE, EXIT_BAD_INPUT = 0, 1, 2
 COMMANDS = {
     "train": "mmfuse.cli.train",
     "chain": "mmfuse.cli.chain",
+    "tune": "mmfuse.cli.tune",
     "eval": "mmfuse.cli.eval",
     "predict": "mmfuse.cli.predict",
     "demo": "mmfuse.cli.demo",

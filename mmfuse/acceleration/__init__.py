@@ -10,7 +10,8 @@ __all__ = ["acceleration_callbacks"]
 
 
 def acceleration_callbacks(trainer: Any) -> list[Any]:
-    """The callbacks a ``TrainerConfig`` asks for (compile, channels_last) plus the loader report."""
+    """The callbacks a ``TrainerConfig`` asks for (compile, channels_last, gradient checkpointing)
+    plus the loader report."""
     from mmfuse.acceleration.compile import CompileModel
     from mmfuse.acceleration.loader_report import LoaderReport
     from mmfuse.acceleration.memory_format import ChannelsLast
@@ -18,6 +19,10 @@ def acceleration_callbacks(trainer: Any) -> list[Any]:
     callbacks: list[Any] = [LoaderReport()]
     if getattr(trainer, "channels_last", False):
         callbacks.append(ChannelsLast())
+    if getattr(trainer, "gradient_checkpointing", None):
+        from mmfuse.acceleration.checkpointing import GradientCheckpointing
+
+        callbacks.append(GradientCheckpointing(trainer.gradient_checkpointing))
     if getattr(trainer, "compile", False):
         callbacks.append(CompileModel(dict(getattr(trainer, "compile_options", {}) or {})))
     return callbacks

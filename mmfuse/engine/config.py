@@ -143,6 +143,9 @@ class TrainerConfig(_Section):
     compile_options: dict[str, Any] = Field(
         default_factory=dict, description="keyword arguments of torch.compile, e.g. {backend: inductor, mode: max-autotune}"
     )
+    gradient_checkpointing: list[str] = Field(
+        default_factory=list, description="encoders whose activations are recomputed in the backward pass (less memory)"
+    )
     channels_last: bool = Field(False, description="convolutional encoders and their image inputs in the channels-last memory format")
     modality_lr: ModalityLRConfig | None = Field(
         None, description="modality-balanced learning rates of the encoders (needs unimodal_aux)"

@@ -95,7 +95,8 @@ def param_groups(
     wanted = set(only) if only is not None else None
     seen: set[int] = set(exclude or ())
     groups: list[dict[str, Any]] = []
-    decay_all = (recipe if isinstance(recipe, OptimizerConfig) else recipe.optimizer).decay_bias_and_norm
+    optimizer = recipe if isinstance(recipe, OptimizerConfig) else recipe.optimizer
+    decay_all = optimizer.decay_bias_and_norm
     for group_name, (module, group_lr, weight_decay) in module_settings(model, recipe).items():
         if wanted is not None and group_name not in wanted and group_name.split(".", 1)[-1] not in wanted:
             continue
@@ -110,7 +111,7 @@ def param_groups(
             groups.append({"name": group_name, "params": decay, "lr": used_lr, "weight_decay": weight_decay})
         if no_decay:
             groups.append({"name": f"{group_name}.no_decay", "params": no_decay, "lr": used_lr, "weight_decay": 0.0})
-    return split_by_layer_decay(groups, model, recipe.optimizer.lr_layer_decay)
+    return split_by_layer_decay(groups, model, optimizer.lr_layer_decay)
 
 
 def make_optimizer(groups: list[dict[str, Any]], config: OptimizerConfig) -> torch.optim.Optimizer:

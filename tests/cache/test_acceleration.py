@@ -33,6 +33,7 @@ def test_compiled_model_trains_to_the_same_weights_and_reports_graph_breaks(demo
     assert "compiled graph(s)" in out  # the outcome after the first step: frames and graph breaks
 
 
+@pytest.mark.slow
 def test_a_backend_that_fails_falls_back_to_eager(demo_recipe, tmp_path, capsys):
     import torch._dynamo
     from torch._dynamo import register_backend

@@ -113,6 +113,7 @@ _WRITER = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_two_processes_writing_one_cache_leave_it_consistent(demo_recipe, demo_folder, tmp_path):
     script = tmp_path / "writer.py"
     script.write_text(_WRITER, encoding="utf-8")

@@ -116,3 +116,23 @@ def test_text_hf_token_dropout_keeps_special_tokens(tmp_path):
     tokenizer = preprocessor.tokenizer
     assert out[0] == tokenizer.cls_token_id and out[-1] == tokenizer.sep_token_id
     assert (out[1:-1] == tokenizer.mask_token_id).all() and out.shape == item["input_ids"].shape
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_every_image_step_runs_on_gray_and_rgb_and_is_reproducible(channels):
+    from mmfuse.data.augmentation import sample_generator
+    from mmfuse_plugins.augment import ImageAugmentConfig
+    from mmfuse_plugins.augment.image import ImageAugmenter
+
+    config = ImageAugmentConfig(
+        crop_scale=[0.5, 1.0], hflip=0.5, vflip=0.5, rotation=10, brightness=0.2, contrast=0.2,
+        saturation=0.2, hue=0.1, rand_augment=True,
+    )
+    augmenter = ImageAugmenter(config, [0.5] * channels, [0.25] * channels)
+    pixels = (torch.rand(channels, 20, 24) - 0.5) / 0.25
+    first = augmenter(pixels, sample_generator(0, 0, 0, "image"))
+    assert first.shape == pixels.shape and first.dtype == pixels.dtype
+    assert torch.equal(first, augmenter(pixels, sample_generator(0, 0, 0, "image")))
+    assert not torch.equal(first, augmenter(pixels, sample_generator(0, 1, 0, "image")))
+    # values stay inside the normalised image range
+    assert float(first.min()) >= -2.0 - 1e-5 and float(first.max()) <= 2.0 + 1e-5

@@ -25,7 +25,7 @@ from mmfuse.plugins import get_registry
 from mmfuse.predict import Predictor
 from mmfuse.recipe import load_recipe, parse_recipe
 from mmfuse.testing.media import write_png
-from mmfuse_plugins.image_timm.preprocess import load_rgb_image
+from mmfuse.preprocessing.image import load_rgb_image
 from mmfuse_plugins.tasks import ClassificationConfig, RegressionConfig
 from mmfuse_plugins.vector.encoder import VectorPreprocessor
 from tests.model_folder_plugin import VECTOR_SAMPLES, vector_recipe
@@ -117,7 +117,7 @@ def test_wav_declaring_1_hz_is_cropped_before_it_is_resampled(tmp_path, monkeypa
     import soundfile
     import torchaudio.functional
 
-    from mmfuse_plugins.audio.waveform import WaveformPreprocessor
+    from mmfuse.preprocessing.waveform import WaveformPreprocessor
 
     file = tmp_path / "slow.wav"
     soundfile.write(str(file), np.zeros(40_000, dtype=np.int16), samplerate=1, subtype="PCM_16")  # 80 KB

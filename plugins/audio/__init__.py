@@ -10,7 +10,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from mmfuse.hookspecs import hookimpl
-from mmfuse_plugins.augment import AudioAugmentConfig
+from mmfuse.augment import AudioAugmentConfig
 
 __all__ = ["AudioMelConfig", "AudioSpeechConfig"]
 

@@ -10,8 +10,8 @@ from torch import Tensor, nn
 from mmfuse.backbones.timm_models import create_timm_backbone, timm_layer_groups, timm_rebuild_args
 from mmfuse.contracts import Encoder, EncoderOutput, masked_mean
 from mmfuse_plugins.audio import AudioMelConfig
-from mmfuse_plugins.audio.mel_preprocess import LogMelSpectrogram, MelWaveformPreprocessor
-from mmfuse_plugins.augment.audio import SpecAugment
+from mmfuse.preprocessing.mel import LogMelSpectrogram, MelWaveformPreprocessor
+from mmfuse.augment.audio import SpecAugment
 
 __all__ = ["LogMelSpectrogram", "MelEncoder", "build_mel_encoder"]  # LogMelSpectrogram: re-exported
 

@@ -11,7 +11,7 @@ from torch import Tensor, nn
 from mmfuse.backbones.hf import hf_layer_groups, load_hf_model, pool_tokens, set_hf_grad_checkpointing
 from mmfuse.contracts import Encoder, EncoderOutput
 from mmfuse_plugins.audio import AudioSpeechConfig
-from mmfuse_plugins.audio.waveform import WaveformPreprocessor
+from mmfuse.preprocessing.waveform import WaveformPreprocessor
 
 __all__ = ["SpeechEncoder", "build_speech_encoder"]
 

@@ -9,7 +9,7 @@ from pydantic import Field
 
 from mmfuse.backbones.image_settings import ImagePreprocessingOverrides
 from mmfuse.hookspecs import hookimpl
-from mmfuse_plugins.augment import ImageAugmentConfig
+from mmfuse.augment import ImageAugmentConfig
 
 __all__ = ["ImageTimmConfig", "ImagePreprocessingOverrides"]
 

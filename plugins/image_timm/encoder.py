@@ -11,7 +11,7 @@ from mmfuse.backbones.image_settings import resolve_image_settings
 from mmfuse.backbones.timm_models import create_timm_backbone, timm_features, timm_layer_groups, timm_rebuild_args
 from mmfuse.contracts import Encoder, EncoderOutput
 from mmfuse_plugins.image_timm import ImageTimmConfig
-from mmfuse_plugins.image_timm.preprocess import ImagePreprocessor
+from mmfuse.preprocessing.image import ImagePreprocessor
 
 __all__ = ["ImageTimmEncoder", "build_image_encoder"]
 

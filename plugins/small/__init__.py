@@ -12,7 +12,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from mmfuse.hookspecs import hookimpl
-from mmfuse_plugins.augment import AudioAugmentConfig, ImageAugmentConfig, TextAugmentConfig
+from mmfuse.augment import AudioAugmentConfig, ImageAugmentConfig, TextAugmentConfig
 
 __all__ = ["ConvStackConfig", "ImageCNNConfig", "AudioCNNConfig", "SequenceConfig", "TextSmallConfig"]
 

@@ -8,7 +8,7 @@ from typing import Any
 from torch import Tensor, nn
 
 from mmfuse.contracts import Encoder, EncoderOutput
-from mmfuse_plugins.image_timm.preprocess import ImagePreprocessor
+from mmfuse.preprocessing.image import ImagePreprocessor
 from mmfuse_plugins.small import ImageCNNConfig
 from mmfuse_plugins.small.conv import MaskedConvStack, masked_global_pool
 

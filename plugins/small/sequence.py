@@ -11,7 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from mmfuse.contracts import Encoder, EncoderOutput, Preprocessor, SampleError
-from mmfuse_plugins.audio.waveform import WaveformPreprocessor
+from mmfuse.preprocessing.waveform import WaveformPreprocessor
 from mmfuse_plugins.small import SequenceConfig
 from mmfuse_plugins.small.conv import masked_global_pool
 
@@ -27,14 +27,14 @@ class AugmentedWaveformPreprocessor(WaveformPreprocessor):
 
     @property
     def augmentation_enabled(self) -> bool:
-        from mmfuse_plugins.augment.audio import waveform_augment_active
+        from mmfuse.augment.audio import waveform_augment_active
 
         return waveform_augment_active(self.augment_config)
 
     def augment(self, tensors: dict[str, Tensor], generator: torch.Generator) -> dict[str, Tensor]:
         if not self.augmentation_enabled:
             return tensors
-        from mmfuse_plugins.augment.audio import augment_waveform
+        from mmfuse.augment.audio import augment_waveform
 
         return {**tensors, "waveform": augment_waveform(tensors["waveform"], self.augment_config, self.sample_rate, generator)}
 

@@ -9,8 +9,8 @@ import torch
 from torch import Tensor, nn
 
 from mmfuse.contracts import Encoder, EncoderOutput
-from mmfuse_plugins.audio.mel_preprocess import LogMelSpectrogram, MelWaveformPreprocessor
-from mmfuse_plugins.augment.audio import SpecAugment
+from mmfuse.preprocessing.mel import LogMelSpectrogram, MelWaveformPreprocessor
+from mmfuse.augment.audio import SpecAugment
 from mmfuse_plugins.small import AudioCNNConfig
 from mmfuse_plugins.small.conv import MaskedConvStack, masked_global_pool
 

@@ -49,7 +49,7 @@ class SmallTextPreprocessor(Preprocessor):
     def augment(self, tensors: dict[str, Tensor], generator: torch.Generator) -> dict[str, Tensor]:
         if not self.augmentation_enabled:
             return tensors
-        from mmfuse_plugins.augment.text import drop_tokens
+        from mmfuse.augment.text import drop_tokens
 
         ids = drop_tokens(tensors["input_ids"], self.config.augment.token_dropout, 1, (), generator)
         return {**tensors, "input_ids": ids}

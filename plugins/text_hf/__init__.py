@@ -8,7 +8,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from mmfuse.hookspecs import hookimpl
-from mmfuse_plugins.augment import TextAugmentConfig
+from mmfuse.augment import TextAugmentConfig
 
 __all__ = ["TextHFConfig"]
 

@@ -56,7 +56,7 @@ class TextPreprocessor(Preprocessor):
         """Token dropout: tokens replaced by the mask token (or the unknown token), specials kept."""
         if not self.augmentation_enabled:
             return tensors
-        from mmfuse_plugins.augment.text import drop_tokens
+        from mmfuse.augment.text import drop_tokens
 
         replacement = self.tokenizer.mask_token_id
         if replacement is None:

@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from mmfuse.backbones.image_settings import ImagePreprocessingOverrides
 from mmfuse.hookspecs import hookimpl
-from mmfuse_plugins.augment import VideoAugmentConfig
+from mmfuse.augment import VideoAugmentConfig
 
 __all__ = ["FrameSampling", "VideoFramesConfig", "VideoNativeConfig"]
 

@@ -14,7 +14,7 @@ from torch import Tensor
 
 from mmfuse.backbones.image_settings import build_image_transform
 from mmfuse.contracts import Preprocessor, SampleError
-from mmfuse_plugins.augment import VideoAugmentConfig
+from mmfuse.augment import VideoAugmentConfig
 
 __all__ = ["target_times", "decode_video_frames", "decode_with_torchcodec", "VideoDecoderUnavailable", "VideoPreprocessor"]
 
@@ -184,7 +184,7 @@ class VideoPreprocessor(Preprocessor):
 
     @property
     def augmentation_enabled(self) -> bool:
-        from mmfuse_plugins.augment.image import image_augment_active
+        from mmfuse.augment.image import image_augment_active
 
         config = self.augment_config
         return config is not None and (bool(config.temporal_jitter) or image_augment_active(config))
@@ -194,7 +194,7 @@ class VideoPreprocessor(Preprocessor):
         parameters for the whole clip (padding frames stay as they are)."""
         if not self.augmentation_enabled:
             return tensors
-        from mmfuse_plugins.augment.image import ImageAugmenter, image_augment_active, jitter_frame_order
+        from mmfuse.augment.image import ImageAugmenter, image_augment_active, jitter_frame_order
 
         frames, real = tensors["frames"], int(tensors["frame_mask"].sum())
         clip = frames[:real][jitter_frame_order(real, self.augment_config, generator)]

@@ -84,8 +84,8 @@ def test_a_resumed_run_trains_bit_identically(small_data, tmp_path):
 
 
 def test_video_clip_gets_one_set_of_image_parameters_and_ordered_jitter(tmp_path):
-    from mmfuse_plugins.augment import VideoAugmentConfig
-    from mmfuse_plugins.augment.image import jitter_frame_order
+    from mmfuse.augment import VideoAugmentConfig
+    from mmfuse.augment.image import jitter_frame_order
     from mmfuse_plugins.video.decode import VideoPreprocessor
     from mmfuse.data.augmentation import sample_generator
 
@@ -121,8 +121,8 @@ def test_text_hf_token_dropout_keeps_special_tokens(tmp_path):
 @pytest.mark.parametrize("channels", [1, 3])
 def test_every_image_step_runs_on_gray_and_rgb_and_is_reproducible(channels):
     from mmfuse.data.augmentation import sample_generator
-    from mmfuse_plugins.augment import ImageAugmentConfig
-    from mmfuse_plugins.augment.image import ImageAugmenter
+    from mmfuse.augment import ImageAugmentConfig
+    from mmfuse.augment.image import ImageAugmenter
 
     config = ImageAugmentConfig(
         crop_scale=[0.5, 1.0], hflip=0.5, vflip=0.5, rotation=10, brightness=0.2, contrast=0.2,

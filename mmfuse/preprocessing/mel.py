@@ -11,8 +11,8 @@ from typing import Any, Sequence
 import torch
 from torch import Tensor, nn
 
-from mmfuse_plugins.audio.waveform import WaveformPreprocessor
-from mmfuse_plugins.augment import AudioAugmentConfig
+from mmfuse.preprocessing.waveform import WaveformPreprocessor
+from mmfuse.augment import AudioAugmentConfig
 
 __all__ = ["LogMelSpectrogram", "MelWaveformPreprocessor", "log_mel_statistics", "STATISTICS_SAMPLES"]
 
@@ -90,7 +90,7 @@ class MelWaveformPreprocessor(WaveformPreprocessor):
 
     @property
     def augmentation_enabled(self) -> bool:
-        from mmfuse_plugins.augment.audio import waveform_augment_active
+        from mmfuse.augment.audio import waveform_augment_active
 
         return waveform_augment_active(self.augment_config)
 
@@ -112,7 +112,7 @@ class MelWaveformPreprocessor(WaveformPreprocessor):
     def augment(self, tensors: dict[str, Tensor], generator: torch.Generator) -> dict[str, Tensor]:
         if not self.augmentation_enabled:
             return tensors
-        from mmfuse_plugins.augment.audio import augment_waveform
+        from mmfuse.augment.audio import augment_waveform
 
         return {**tensors, "waveform": augment_waveform(tensors["waveform"], self.augment_config, self.sample_rate, generator)}
 

@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 
 from mmfuse.data.augmentation import seeded_global_rng
-from mmfuse_plugins.augment import ImageAugmentConfig, VideoAugmentConfig
+from mmfuse.augment import ImageAugmentConfig, VideoAugmentConfig
 
 __all__ = ["image_augment_active", "ImageAugmenter", "jitter_frame_order"]
 

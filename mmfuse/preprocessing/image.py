@@ -14,7 +14,7 @@ from torch import Tensor
 
 from mmfuse.backbones.image_settings import build_image_transform
 from mmfuse.contracts import Preprocessor, SampleError
-from mmfuse_plugins.augment import ImageAugmentConfig
+from mmfuse.augment import ImageAugmentConfig
 
 __all__ = [
     "load_rgb_image",
@@ -149,7 +149,7 @@ class ImagePreprocessor(Preprocessor):
             self._mean = torch.tensor(self._settings["mean"], dtype=torch.float32).view(-1, 1, 1)
             self._std = torch.tensor(self._settings["std"], dtype=torch.float32).view(-1, 1, 1)
             if self.augmentation_enabled:
-                from mmfuse_plugins.augment.image import ImageAugmenter
+                from mmfuse.augment.image import ImageAugmenter
 
                 self._augmenter = ImageAugmenter(self.augment_config, self._settings["mean"], self._settings["std"])
 
@@ -160,7 +160,7 @@ class ImagePreprocessor(Preprocessor):
 
     @property
     def augmentation_enabled(self) -> bool:
-        from mmfuse_plugins.augment.image import image_augment_active
+        from mmfuse.augment.image import image_augment_active
 
         return image_augment_active(self.augment_config)
 

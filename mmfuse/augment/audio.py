@@ -8,7 +8,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from mmfuse_plugins.augment import AudioAugmentConfig, SpecAugmentConfig
+from mmfuse.augment import AudioAugmentConfig, SpecAugmentConfig
 
 __all__ = ["waveform_augment_active", "augment_waveform", "SpecAugment"]
 

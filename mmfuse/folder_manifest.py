@@ -262,9 +262,27 @@ def check_folder(model_dir: Path, manifest: FolderManifest) -> FolderCheck:
     return check
 
 
+def _is_safetensors(path: Path) -> bool:
+    """A safetensors file: an 8-byte little-endian header length, then that many bytes of JSON."""
+    size = path.stat().st_size
+    with open(path, "rb") as handle:
+        length = int.from_bytes(handle.read(8), "little")
+        if not 2 <= length <= min(size - 8, 100 << 20):
+            return False
+        header = handle.read(length)
+    try:
+        return isinstance(json.loads(header), dict)
+    except ValueError:
+        return False
+
+
 def _is_pickle(path: Path) -> bool:
     """A pickle stream (PROTO opcode 0x80 + protocol 2..5), or a torch.save zip (holds a .pkl);
-    what ``pretrained: true`` or an asset loader could otherwise be led to unpickle."""
+    what ``pretrained: true`` or an asset loader could otherwise be led to unpickle. A
+    safetensors file is never one, even when its header length starts with the same two bytes
+    (a header of 640, 896, 1152 or 1408 bytes begins ``80 02`` ... ``80 05``)."""
+    if _is_safetensors(path):
+        return False
     with open(path, "rb") as handle:
         head = handle.read(4)
     if head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):

@@ -220,3 +220,26 @@ def test_verify_imports_no_torch(vector_folder):
     )
     result = subprocess.run([sys.executable, "-c", code, str(vector_folder)], capture_output=True, text=True, timeout=120)
     assert "status 0 False" in result.stdout, result.stderr
+
+
+def test_a_safetensors_file_whose_header_length_looks_like_pickle_magic_is_not_a_pickle(tmp_path):
+    """A safetensors header of 640 bytes starts the file with 80 02 00 ..., the bytes of a pickle
+    PROTO 2 opcode; such valid weights were refused as a pickle, depending on their header size."""
+    import torch
+    from safetensors.torch import save_file
+
+    from mmfuse.folder_manifest import _is_pickle
+
+    for target in (640, 896, 1152, 1408):
+        path = tmp_path / f"w{target}.safetensors"
+        for padding in range(2000):
+            save_file({"w": torch.zeros(2)}, str(path), metadata={"pad": "x" * padding})
+            length = int.from_bytes(path.read_bytes()[:8], "little")
+            if length >= target:
+                break
+        assert length == target, (target, length)
+        assert path.read_bytes()[:2] == bytes([0x80, target >> 8])
+        assert not _is_pickle(path)
+    pickled = tmp_path / "real.pkl"
+    torch.save({"w": torch.zeros(2)}, pickled, _use_new_zipfile_serialization=False)
+    assert _is_pickle(pickled)

@@ -211,7 +211,7 @@ def _versions(components: list[dict[str, Any]]) -> dict[str, Any]:
 def _components(model: FusedModel, recipe: Recipe, registry: Registry | None) -> list[dict[str, Any]]:
     """Each component slot with the plugin, distribution and version that provided it."""
     if registry is None:
-        from mmfuse.plugins import get_registry
+        from mmfuse.plugin_host import get_registry
 
         registry = get_registry()
     slots = [("encoder", f"encoders.{n}", s.type, model.encoders[n]) for n, s in recipe.encoders.items()]
@@ -263,7 +263,7 @@ def load_model(
     manifest = checked.model_dump()
     _check_versions(manifest, model_dir)
     if registry is None:
-        from mmfuse.plugins import get_registry
+        from mmfuse.plugin_host import get_registry
 
         registry = get_registry()
     _check_components(manifest, registry, model_dir)

@@ -78,7 +78,7 @@ def _stage_overrides(overrides: Sequence[str], stage_names: list[str]) -> tuple[
 def load_chain(path: str | Path, overrides: Sequence[str] = (), registry: Registry | None = None) -> Chain:
     """Read and validate a chain file; raise RecipeError listing every problem of every stage."""
     if registry is None:
-        from mmfuse.plugins import get_registry
+        from mmfuse.plugin_host import get_registry
 
         registry = get_registry()
     path = Path(path)

@@ -159,7 +159,7 @@ def set_trainable(encoder: nn.Module, *, freeze: bool, trainable_layers: int | N
 def build_fused_model(recipe: Recipe, registry: Registry | None = None) -> FusedModel:
     """Build every component the recipe names and inject them into one FusedModel."""
     if registry is None:
-        from mmfuse.plugins import get_registry
+        from mmfuse.plugin_host import get_registry
 
         registry = get_registry()
     encoders: dict[str, Encoder] = {}

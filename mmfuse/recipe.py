@@ -297,7 +297,7 @@ def parse_recipe(
 ) -> Recipe:
     """Validate raw recipe data (a dict) against the registry; raise RecipeError with ALL problems."""
     if registry is None:
-        from mmfuse.plugins import get_registry
+        from mmfuse.plugin_host import get_registry
 
         registry = get_registry()
     source = _source or RecipeSource(file=file)

@@ -124,7 +124,7 @@ def suggest(word: str, candidates: list[str] | tuple[str, ...]) -> str | None:
 class Registry:
     """Components by kind and namespaced name, with unique short aliases.
 
-    ``broken`` holds load failures of plugins (see :class:`mmfuse.plugins.PluginFailure`) so a
+    ``broken`` holds load failures of plugins (see :class:`mmfuse.plugin_host.PluginFailure`) so a
     lookup of a name that a broken plugin would have provided can chain the original error.
     """
 

@@ -1,5 +1,5 @@
 """mmfuse's built-in plugins (this folder installs as the package ``mmfuse_plugins``; the plugin
-host that loads them is ``mmfuse.plugins``, see docs/architecture.md "Three names that look alike").
+host that loads them is ``mmfuse.plugin_host``, see docs/architecture.md "Three names that look alike").
 
 Each sub-package is one component family, registered through the ``mmfuse`` entry-point group
 exactly like a third-party plugin. A family's ``__init__`` holds the pydantic config classes and

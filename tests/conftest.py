@@ -18,7 +18,7 @@ import pytest  # noqa: E402
 @pytest.fixture(autouse=True)
 def _fresh_default_registry():
     """No registry state leaks between tests."""
-    from mmfuse.plugins import reset_default_registry
+    from mmfuse.plugin_host import reset_default_registry
 
     reset_default_registry()
     yield

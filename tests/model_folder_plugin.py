@@ -84,7 +84,7 @@ class WordsPlugin:
 
 
 def words_registry():
-    from mmfuse.plugins import load_registry
+    from mmfuse.plugin_host import load_registry
 
     return load_registry(plugins=[(PLUGIN_NAME, WordsPlugin())])
 

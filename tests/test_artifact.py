@@ -16,7 +16,7 @@ import yaml
 import mmfuse
 from mmfuse.artifact import ModelFolderError, load_model, save
 from mmfuse.model import build_fused_model
-from mmfuse.plugins import reset_default_registry
+from mmfuse.plugin_host import reset_default_registry
 from mmfuse.predict import Predictor
 from mmfuse.recipe import parse_recipe
 from tests.model_folder_plugin import (

@@ -21,7 +21,7 @@ from mmfuse.data.errors import DataError
 from mmfuse.data.manifest import read_manifest
 from mmfuse.data.targets import fit_task_targets
 from mmfuse.model import build_fused_model
-from mmfuse.plugins import get_registry
+from mmfuse.plugin_host import get_registry
 from mmfuse.predict import Predictor
 from mmfuse.recipe import load_recipe, parse_recipe
 from mmfuse.testing.media import write_png

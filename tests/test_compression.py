@@ -13,7 +13,7 @@ import mmfuse
 from mmfuse.cli import main
 from mmfuse.compression import PruningConfig
 from mmfuse.compression.pruning import compute_masks, prunable_layers, sparsity
-from mmfuse.plugins import load_registry
+from mmfuse.plugin_host import load_registry
 from mmfuse.recipe import parse_recipe
 from mmfuse.run import train
 

@@ -12,7 +12,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from mmfuse.contracts import EncoderOutput, Task
-from mmfuse.plugins import load_registry
+from mmfuse.plugin_host import load_registry
 from tests.test_tasks import FUSED, build, log_softmax
 
 

@@ -16,7 +16,7 @@ from mmfuse.data.collate import BatchCollator
 from mmfuse.data.dataset import ManifestDataset, Sample, Skipped
 from mmfuse.data.errors import DataError, describe_error
 from mmfuse.data.manifest import read_manifest
-from mmfuse.plugins import get_registry
+from mmfuse.plugin_host import get_registry
 from mmfuse_plugins.tasks import ClassificationConfig
 from mmfuse_plugins.vector.encoder import VectorPreprocessor
 from mmfuse.testing.media import write_corrupt_file, write_png

@@ -11,7 +11,7 @@ import torch
 from mmfuse.cli import main
 from mmfuse.explain import explain_batch
 from mmfuse.model import build_fused_model
-from mmfuse.plugins import load_registry
+from mmfuse.plugin_host import load_registry
 from mmfuse.recipe import parse_recipe
 from mmfuse.run import train
 from mmfuse.testing.media import write_png

@@ -11,7 +11,7 @@ from torch import nn
 
 from mmfuse.contracts import EncoderOutput, FusionHead
 from mmfuse.model import build_fused_model
-from mmfuse.plugins import load_registry
+from mmfuse.plugin_host import load_registry
 from mmfuse.recipe import parse_recipe
 from mmfuse.testing import parametrize_components
 

@@ -9,7 +9,7 @@ import pytest
 
 from mmfuse.data.errors import DataError
 from mmfuse.data.manifest import read_manifest
-from mmfuse.plugins import load_registry
+from mmfuse.plugin_host import load_registry
 from mmfuse.recipe import parse_recipe
 from mmfuse.run import train
 from tests.test_compression import RECIPE, write_data

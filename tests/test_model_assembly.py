@@ -10,7 +10,7 @@ from mmfuse import hookimpl
 from mmfuse.contracts import Encoder, EncoderOutput, Preprocessor
 from mmfuse.model import FusedModel, build_fused_model
 from mmfuse.optim import build_optimizer
-from mmfuse.plugins import load_registry
+from mmfuse.plugin_host import load_registry
 from mmfuse.recipe import parse_recipe
 
 

@@ -8,7 +8,7 @@ import pytest
 from pydantic import BaseModel
 
 from mmfuse import hookimpl
-from mmfuse.plugins import PluginLoadError, load_registry
+from mmfuse.plugin_host import PluginLoadError, load_registry
 from mmfuse.registry import DuplicateComponentError, UnknownComponentError
 from tests.fake_plugins import write_distribution
 
@@ -233,7 +233,7 @@ def test_system_exit_in_a_registration_hook_is_reported():
 
 def test_cli_commands_keep_working_next_to_a_clashing_plugin(tmp_path, monkeypatch, capsys):
     from mmfuse.cli import main
-    from mmfuse.plugins import reset_default_registry
+    from mmfuse.plugin_host import reset_default_registry
 
     write_distribution(tmp_path, "acme-clash", "2.0.0", "acme_clash", CLASHING_PLUGIN)
     write_distribution(tmp_path, "evil-fusions", "0.1.0", "evil_fusions", SHADOWING_PLUGIN, ep_name="fusions")

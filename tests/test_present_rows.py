@@ -73,7 +73,7 @@ class NormPlugin:
 
 
 def _registry():
-    from mmfuse.plugins import load_registry
+    from mmfuse.plugin_host import load_registry
 
     return load_registry(plugins=[("toynorm", NormPlugin())])
 

@@ -8,7 +8,7 @@ import pytest
 from pydantic import BaseModel, ConfigDict
 
 from mmfuse import hookimpl
-from mmfuse.plugins import load_registry
+from mmfuse.plugin_host import load_registry
 from mmfuse.recipe import RecipeError, load_recipe
 
 GOOD = """\

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from mmfuse.cli import main
-from mmfuse.plugins import load_registry
+from mmfuse.plugin_host import load_registry
 from mmfuse.recipe import RecipeError, load_recipe
 from mmfuse.recipe_yaml import deep_merge
 

@@ -16,7 +16,7 @@ from mmfuse.cli import main
 from mmfuse.data.errors import DataError
 from mmfuse.data.manifest import read_manifest
 from mmfuse.data.targets import fit_task_targets
-from mmfuse.plugins import load_registry
+from mmfuse.plugin_host import load_registry
 from mmfuse.recipe import RecipeError, load_recipe
 from mmfuse.recipe_references import task_metric_names
 from mmfuse.recipe_yaml import MAX_EXPANDED_NODES

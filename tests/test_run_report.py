@@ -8,7 +8,7 @@ import re
 import pytest
 
 from mmfuse.cli import main
-from mmfuse.plugins import load_registry
+from mmfuse.plugin_host import load_registry
 from mmfuse.recipe import parse_recipe
 from mmfuse.run import train
 from mmfuse.run_report import ClassificationAnalysis

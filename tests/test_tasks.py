@@ -11,7 +11,7 @@ import torch
 
 from mmfuse.contracts import EncoderOutput, SampleError, Task
 from mmfuse.model import build_fused_model
-from mmfuse.plugins import load_registry
+from mmfuse.plugin_host import load_registry
 from mmfuse.recipe import parse_recipe
 from mmfuse.testing import parametrize_components
 

@@ -23,7 +23,7 @@ def run(args: argparse.Namespace) -> int:
     from mmfuse.chain import load_chain, run_chain
     from mmfuse.cli import EXIT_FAILURE, EXIT_OK
     from mmfuse.cli.errors import report_errors
-    from mmfuse.plugins import get_registry
+    from mmfuse.plugin_host import get_registry
 
     registry = get_registry()
     for failure in registry.broken:

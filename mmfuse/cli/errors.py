@@ -20,7 +20,7 @@ class ExitStatus:
 def user_error_types() -> tuple[type[BaseException], ...]:
     """Exceptions caused by the user's input, not by a bug."""
     from mmfuse.data.errors import DataError
-    from mmfuse.plugins import PluginLoadError
+    from mmfuse.plugin_host import PluginLoadError
     from mmfuse.recipe import RecipeError
     from mmfuse.registry import UnknownComponentError
 

@@ -48,7 +48,7 @@ def open_model_data(args: argparse.Namespace, *, with_targets: bool) -> ModelDat
     from mmfuse.artifact import load_model
     from mmfuse.data.manifest import read_manifest
     from mmfuse.engine.distributed import resolve_device
-    from mmfuse.plugins import get_registry
+    from mmfuse.plugin_host import get_registry
 
     device = resolve_device(args.device)
     model, recipe = load_model(args.run, registry=get_registry(), device=device)

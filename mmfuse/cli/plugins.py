@@ -15,7 +15,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from mmfuse.cli import EXIT_FAILURE, EXIT_OK
-    from mmfuse.plugins import get_registry
+    from mmfuse.plugin_host import get_registry
 
     registry = get_registry()
     specs = [s for s in registry.all_specs() if args.kind in (None, s.kind)]

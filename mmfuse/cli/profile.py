@@ -22,7 +22,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from mmfuse.cli import EXIT_BAD_INPUT, EXIT_OK
     from mmfuse.cli.errors import report_errors
-    from mmfuse.plugins import get_registry
+    from mmfuse.plugin_host import get_registry
     from mmfuse.recipe import load_recipe
 
     if args.steps < 1 or args.warmup < 0:

@@ -33,7 +33,7 @@ def run(args: argparse.Namespace) -> int:
         from mmfuse.cli.eval import evaluate_batches
         from mmfuse.cli.model_data import open_model_data
         from mmfuse.compression.quantize import QuantizationError, QuantizationReport, quantize_model, time_forward
-        from mmfuse.plugins import get_registry
+        from mmfuse.plugin_host import get_registry
 
         source = resolve_model_dir(args.run)
         data = open_model_data(args, with_targets=True)

@@ -19,7 +19,7 @@ def run(args: argparse.Namespace) -> int:
     from mmfuse.cli.errors import report_errors
 
     with report_errors() as status:
-        from mmfuse.plugins import get_registry
+        from mmfuse.plugin_host import get_registry
         from mmfuse.run_report import build_report
 
         path = build_report(args.run, data=args.data, registry=get_registry(), out=args.out)

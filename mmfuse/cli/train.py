@@ -61,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
 
         silence_third_party_progress_bars()
     try:
-        from mmfuse.plugins import get_registry
+        from mmfuse.plugin_host import get_registry
         from mmfuse.recipe import load_recipe
 
         registry = get_registry()

@@ -26,7 +26,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from mmfuse.cli import EXIT_BAD_INPUT, EXIT_FAILURE, EXIT_OK
     from mmfuse.cli.errors import report_errors
-    from mmfuse.plugins import get_registry
+    from mmfuse.plugin_host import get_registry
 
     if args.trials < 1:
         print("error: --trials must be at least 1", file=sys.stderr)

@@ -16,7 +16,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from mmfuse.cli import EXIT_BAD_INPUT, EXIT_OK
-    from mmfuse.plugins import get_registry
+    from mmfuse.plugin_host import get_registry
     from mmfuse.recipe import RecipeError, load_recipe
 
     registry = get_registry()

@@ -80,7 +80,7 @@ def read_manifest(
 ) -> Manifest:
     """Read every row of a manifest; ``role`` (e.g. 'data.train') names it in errors."""
     if registry is None:
-        from mmfuse.plugins import get_registry
+        from mmfuse.plugin_host import get_registry
 
         registry = get_registry()
     path = Path(path)

@@ -139,7 +139,7 @@ def captioning_recipe(recipe: Recipe, out: Path, epochs: int = CAPTIONING_EPOCHS
     the ``caption`` column after every encoder's tokens, each projected into its embedding space
     (LLaVA-style: each modality's tokens say its own cue; a fused-vector prefix learned the four
     cues more slowly in the demo's few epochs)."""
-    from mmfuse.plugins import get_registry
+    from mmfuse.plugin_host import get_registry
     from mmfuse.recipe import TaskSlot
 
     spec = get_registry().get("task", "mmfuse/generation")

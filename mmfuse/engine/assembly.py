@@ -39,7 +39,7 @@ def recipe_callbacks(recipe: Recipe, registry: Registry | None) -> list[Callback
     if not recipe.callbacks:
         return []
     if registry is None:
-        from mmfuse.plugins import get_registry
+        from mmfuse.plugin_host import get_registry
 
         registry = get_registry()
     return [registry.get("callback", slot.type).build(slot.params) for slot in recipe.callbacks]

@@ -78,7 +78,7 @@ def conformance_cases(
     fusion heads and tasks), optionally only ``names`` or one ``namespace``. ``configs`` and
     ``options`` are keyed by full component name."""
     if registry is None:
-        from mmfuse.plugins import load_registry
+        from mmfuse.plugin_host import load_registry
 
         registry = load_registry()
     wanted = set(names) if names is not None else None

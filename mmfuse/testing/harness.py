@@ -64,7 +64,7 @@ def resolve_subject(
         spec = name_or_spec
     else:
         if registry is None:
-            from mmfuse.plugins import get_registry
+            from mmfuse.plugin_host import get_registry
 
             registry = get_registry()
         spec = registry.get(kind, name_or_spec)
@@ -87,7 +87,7 @@ def partner_registry(subject: ComponentSpec) -> Registry:
     plus the component itself, which replaces a built-in of the same name."""
     import importlib
 
-    from mmfuse.plugins import load_registry
+    from mmfuse.plugin_host import load_registry
 
     builtins = load_registry(
         [(name.rsplit(".", 1)[-1], importlib.import_module(name)) for name in _PARTNER_PLUGINS], entry_points=False

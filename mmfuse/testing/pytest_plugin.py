@@ -5,8 +5,8 @@ Fixtures for plugin authors:
 - ``mmfuse_registry``: a factory ``mmfuse_registry(*plugins, installed=False) -> Registry`` that
   builds a fresh registry holding only the given plugins (modules, objects, or ``(name, plugin)``
   pairs), plus the installed ones with ``installed=True``. The registry also becomes the process
-  default (``mmfuse.plugins.get_registry()``) for the test.
-- ``isolated_plugin_manager``: a fresh :class:`mmfuse.plugins.PluginHost` with no plugin at all
+  default (``mmfuse.plugin_host.get_registry()``) for the test.
+- ``isolated_plugin_manager``: a fresh :class:`mmfuse.plugin_host.PluginHost` with no plugin at all
   (its pluggy manager is ``.pm``); ``register(plugin, name)`` then ``build_registry()``.
 - ``tiny_inputs``: tiny raw values per modality, ``tiny_inputs("image")`` -> three PNG paths
   written into the test's temporary folder (also "text", "audio", "video", "vector" with dim=).
@@ -36,7 +36,7 @@ def _named(plugin: Any, index: int) -> tuple[str, Any]:
 @pytest.fixture
 def mmfuse_registry(monkeypatch: pytest.MonkeyPatch) -> Callable[..., Any]:
     """Factory for a fresh registry with only the given plugins (see the module docstring)."""
-    from mmfuse import plugins as host
+    from mmfuse import plugin_host as host
 
     def build(*plugins: Any, installed: bool = False) -> Any:
         registry = host.load_registry([_named(p, i) for i, p in enumerate(plugins)], entry_points=installed)
@@ -49,7 +49,7 @@ def mmfuse_registry(monkeypatch: pytest.MonkeyPatch) -> Callable[..., Any]:
 @pytest.fixture
 def isolated_plugin_manager() -> Any:
     """A fresh plugin host that has loaded nothing (no entry points, no built-ins)."""
-    from mmfuse.plugins import PluginHost
+    from mmfuse.plugin_host import PluginHost
 
     return PluginHost(strict=True, disabled=())
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from mmfuse.contracts import EncoderOutput
-from mmfuse.plugins import load_registry
+from mmfuse.plugin_host import load_registry
 from mmfuse.testing import check_fusion
 
 

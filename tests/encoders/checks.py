@@ -13,7 +13,7 @@ import torch
 
 from mmfuse.contracts import Encoder, EncoderOutput, Preprocessor, SampleError
 from mmfuse.model import set_trainable
-from mmfuse.plugins import get_registry
+from mmfuse.plugin_host import get_registry
 from mmfuse.testing.media import write_corrupt_file
 
 

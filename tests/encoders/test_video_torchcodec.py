@@ -56,7 +56,7 @@ def test_torchcodec_reports_bad_files_as_sample_errors(clip, tmp_path):
 
 
 def test_the_recipe_key_chooses_the_decoder(clip):
-    from mmfuse.plugins import load_registry
+    from mmfuse.plugin_host import load_registry
     from mmfuse.recipe import parse_recipe
     from mmfuse.testing.tiny_models import save_tiny_timm
 

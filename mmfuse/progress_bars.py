@@ -1,5 +1,6 @@
 """Keeping third-party progress bars (transformers' "Loading weights", Hugging Face Hub
-downloads) out of training logs; ``mmfuse train --verbose`` keeps them."""
+downloads) out of training logs; ``--verbose`` on ``mmfuse train``, ``chain`` and ``tune`` keeps
+them (``mmfuse demo`` always silences them)."""
 
 from __future__ import annotations
 

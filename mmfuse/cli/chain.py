@@ -17,6 +17,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--run-dir", type=Path, help="chain folder (default: <output_dir>/<name>-<time>)")
     parser.add_argument("--resume", type=Path, metavar="CHAIN_DIR", help="continue the chain in this folder where it stopped")
+    parser.add_argument("--verbose", action="store_true", help="keep third-party progress bars (model loading, downloads)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -25,6 +26,10 @@ def run(args: argparse.Namespace) -> int:
     from mmfuse.cli.errors import report_errors
     from mmfuse.plugin_host import get_registry
 
+    if not args.verbose:
+        from mmfuse.progress_bars import silence_third_party_progress_bars
+
+        silence_third_party_progress_bars()
     registry = get_registry()
     for failure in registry.broken:
         print(f"warning: {failure.describe()}", file=sys.stderr)

@@ -21,6 +21,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--direction", choices=("minimize", "maximize"), help="default: minimize for losses, else maximize")
     parser.add_argument("--pruner", choices=("median", "none"), default="median", help="stop unpromising trials at evaluations")
     parser.add_argument("--study-dir", type=Path, help="folder for the trials (default: <output_dir>/<name>-tune-<time>)")
+    parser.add_argument("--verbose", action="store_true", help="keep third-party progress bars (model loading, downloads)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -31,6 +32,10 @@ def run(args: argparse.Namespace) -> int:
     if args.trials < 1:
         print("error: --trials must be at least 1", file=sys.stderr)
         return EXIT_BAD_INPUT
+    if not args.verbose:
+        from mmfuse.progress_bars import silence_third_party_progress_bars
+
+        silence_third_party_progress_bars()
     registry = get_registry()
     direction = args.direction or ("minimize" if args.metric.endswith("loss") else "maximize")
     with report_errors() as status:

@@ -3,6 +3,7 @@ printed at start), the slow-step warning, and silenced third-party progress bars
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from types import SimpleNamespace
@@ -88,3 +89,18 @@ def test_progress_bars_are_silenced_in_processes_and_libraries_imported_later():
 def test_train_command_has_a_verbose_flag():
     done = subprocess.run([sys.executable, "-m", "mmfuse", "train", "--help"], capture_output=True, text=True, timeout=60)
     assert "--verbose" in done.stdout
+
+
+@pytest.mark.parametrize(
+    "command", [["chain", "missing-chain.yaml"], ["tune", "missing-recipe.yaml", "--trials", "1"]]
+)
+def test_chain_and_tune_silence_progress_bars_unless_verbose(command, monkeypatch, tmp_path):
+    from mmfuse.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HF_HUB_DISABLE_PROGRESS_BARS", "0")  # records the original, restored afterwards
+    monkeypatch.delenv("HF_HUB_DISABLE_PROGRESS_BARS")
+    assert main([*command, "--verbose"]) == 2  # the file is missing: the command stops at reading it
+    assert "HF_HUB_DISABLE_PROGRESS_BARS" not in os.environ
+    assert main(command) == 2
+    assert os.environ.get("HF_HUB_DISABLE_PROGRESS_BARS") == "1"

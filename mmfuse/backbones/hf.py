@@ -4,7 +4,8 @@ of a transformers model; its activation checkpointing; and mask-aware pooling of
 
 from __future__ import annotations
 
-from typing import Callable, TypeVar
+from pathlib import Path
+from typing import Any, Callable, TypeVar
 
 import torch
 from torch import Tensor, nn
@@ -44,6 +45,24 @@ def load_hf_model(name: str, *, pretrained: bool) -> nn.Module:
         return from_pretrained_or_explain(AutoModel.from_pretrained, name, "transformers model")
     config = from_pretrained_or_explain(AutoConfig.from_pretrained, name, "transformers model config")
     return AutoModel.from_config(config)
+
+
+def load_hf_text_backbone(model: str, tokenizer: str | None, *, pretrained: bool) -> tuple[nn.Module, Any]:
+    """A transformers text model and its tokenizer (``tokenizer`` defaults to the model's name),
+    loaded through from_pretrained with errors that say how to fix them."""
+    from transformers import AutoTokenizer
+
+    loaded_tokenizer = from_pretrained_or_explain(AutoTokenizer.from_pretrained, tokenizer or model, "tokenizer")
+    return load_hf_model(model, pretrained=pretrained), loaded_tokenizer
+
+
+def export_hf_text_assets(model: nn.Module, tokenizer: Any, folder: str) -> dict[str, Any]:
+    """Write a text model's config and tokenizer into a model folder's assets; return the config
+    overrides that rebuild it from there (weights come from the folder's safetensors)."""
+    target = Path(folder).resolve()
+    model.config.save_pretrained(target)
+    tokenizer.save_pretrained(target)
+    return {"model": str(target), "tokenizer": None, "pretrained": False}
 
 
 def hf_layer_groups(model: nn.Module) -> list[nn.Module]:

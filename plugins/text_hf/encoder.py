@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, Sequence
 
 import torch
 from torch import Tensor, nn
 
 from mmfuse.backbones.hf import (
-    from_pretrained_or_explain,
+    export_hf_text_assets,
     hf_layer_groups,
-    load_hf_model,
+    load_hf_text_backbone,
     pool_tokens,
     set_hf_grad_checkpointing,
 )
@@ -116,15 +115,9 @@ class TextHFEncoder(Encoder):
         set_hf_grad_checkpointing(self.model, enable)
 
     def export_assets(self, folder: str) -> dict[str, Any]:
-        target = Path(folder).resolve()
-        self.model.config.save_pretrained(target)
-        self.tokenizer.save_pretrained(target)
-        return {"model": str(target), "tokenizer": None, "pretrained": False}
+        return export_hf_text_assets(self.model, self.tokenizer, folder)
 
 
 def build_text_encoder(config: TextHFConfig) -> TextHFEncoder:
-    from transformers import AutoTokenizer
-
-    tokenizer = from_pretrained_or_explain(AutoTokenizer.from_pretrained, config.tokenizer or config.model, "tokenizer")
-    model = load_hf_model(config.model, pretrained=config.pretrained)
+    model, tokenizer = load_hf_text_backbone(config.model, config.tokenizer, pretrained=config.pretrained)
     return TextHFEncoder(config, model, tokenizer)

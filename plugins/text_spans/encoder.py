@@ -4,17 +4,15 @@ text and returns the tokens of all windows side by side, with the offsets and wo
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
-import torch
 from torch import Tensor, nn
 
 from mmfuse.contracts import Encoder, EncoderOutput, masked_mean
 from mmfuse.backbones.hf import (
-    from_pretrained_or_explain,
+    export_hf_text_assets,
     hf_layer_groups,
-    load_hf_model,
+    load_hf_text_backbone,
     set_hf_grad_checkpointing,
 )
 from mmfuse_plugins.text_spans import TextWindowsConfig
@@ -75,17 +73,11 @@ class TextWindowsEncoder(Encoder):
         set_hf_grad_checkpointing(self.model, enable)
 
     def export_assets(self, folder: str) -> dict[str, Any]:
-        target = Path(folder).resolve()
-        self.model.config.save_pretrained(target)
-        self.tokenizer.save_pretrained(target)
-        return {"model": str(target), "tokenizer": None, "pretrained": False}
+        return export_hf_text_assets(self.model, self.tokenizer, folder)
 
 
 def build_text_windows_encoder(config: TextWindowsConfig) -> TextWindowsEncoder:
-    from transformers import AutoTokenizer
-
-    tokenizer = from_pretrained_or_explain(AutoTokenizer.from_pretrained, config.tokenizer or config.model, "tokenizer")
-    model = load_hf_model(config.model, pretrained=config.pretrained)
+    model, tokenizer = load_hf_text_backbone(config.model, config.tokenizer, pretrained=config.pretrained)
     encoder = TextWindowsEncoder(config, model, tokenizer)
     encoder.preprocessor()  # a slow tokenizer fails here, at build time, with the fix
     return encoder

@@ -57,3 +57,16 @@ def test_plugins_json_lists_provenance():
     assert rows["mmfuse/vector"]["distribution"] == "mmfuse"
     assert "vector" in rows["mmfuse/vector"]["aliases"]
     assert rows["mmfuse/concat"]["kind"] == "fusion"
+
+
+def test_a_missing_optional_extra_is_one_line_naming_what_to_install(capsys):
+    from mmfuse.cli.errors import report_errors
+
+    with report_errors() as status:
+        raise ImportError("mmfuse tune needs Optuna: pip install 'mmfuse[tune]'")
+    err = capsys.readouterr().err
+    assert status.code == 1
+    assert err == "error: mmfuse tune needs Optuna: pip install 'mmfuse[tune]'\n"  # no traceback
+    with report_errors() as status:
+        raise ImportError("cannot import name 'x' from 'y'")  # a bug, not a missing extra
+    assert "Traceback" in capsys.readouterr().err

@@ -55,6 +55,12 @@ def report_errors() -> Iterator[ExitStatus]:
     except user_error_types() as exc:
         print(f"error: {describe_error(exc)}", file=sys.stderr)
         status.code = EXIT_BAD_INPUT
+    except ImportError as exc:
+        if "pip install" not in str(exc):
+            traceback.print_exc()
+        # an optional extra that is not installed: its message names what to install
+        print(f"error: {exc}", file=sys.stderr)
+        status.code = EXIT_FAILURE
     except Exception as exc:  # noqa: BLE001 - the CLI's last line of defence
         traceback.print_exc()
         print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)

@@ -2,12 +2,14 @@
 Trainer -> run folder with the final model.
 
 A run folder holds ``recipe.yaml`` (the resolved recipe: labels learned from the data, data paths
-made absolute), what the engine writes (``metrics.csv``, ``checkpoints/``) and ``model/`` (the
-portable model folder of :mod:`mmfuse.artifact`).
+made absolute), ``few_shot.json`` (with ``data.shots_per_class``: the rows kept per class), what
+the engine writes (``metrics.csv``, ``checkpoints/``) and ``model/`` (the portable model folder of
+:mod:`mmfuse.artifact`).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import time
@@ -20,6 +22,7 @@ import torch
 from mmfuse.data.collate import BatchCollator
 from mmfuse.data.dataset import ManifestDataset, build_dataset
 from mmfuse.data.fitting import fit_preprocessors
+from mmfuse.data.shots import ShotsSummary
 from mmfuse.data.sources import DataSplits, load_splits, resolve_data_path
 from mmfuse.data.targets import fit_task_targets
 from mmfuse.model import FusedModel, build_fused_model
@@ -30,6 +33,8 @@ __all__ = ["TrainOutcome", "PreparedRun", "prepare", "train", "new_run_dir", "re
 
 RECIPE_FILE = "recipe.yaml"
 MODEL_DIR = "model"
+#: what data.shots_per_class kept (mmfuse.data.shots.ShotsSummary), read by the run report
+SHOTS_FILE = "few_shot.json"
 
 
 @dataclass
@@ -42,6 +47,7 @@ class PreparedRun:
     train: ManifestDataset
     val: ManifestDataset | None = None
     test: ManifestDataset | None = None
+    shots: ShotsSummary | None = None
 
 
 @dataclass
@@ -106,6 +112,7 @@ def prepare(recipe: Recipe, registry: Registry | None = None, splits: DataSplits
         train=train,
         val=dataset(splits.val),
         test=dataset(splits.test),
+        shots=splits.shots,
     )
 
 
@@ -141,9 +148,13 @@ def train(
         val_dataset=prepared.val, run_dir=run_dir, callbacks=list(callbacks), registry=registry,
     )
     trainer.log(trainable_summary(prepared.model))
+    if prepared.shots is not None:
+        trainer.log(prepared.shots.describe())
     if trainer.is_main:  # under torchrun, one process writes the run folder's files
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / RECIPE_FILE).write_text(yaml.safe_dump(resolved_recipe(recipe), sort_keys=False), encoding="utf-8")
+        if prepared.shots is not None:
+            (run_dir / SHOTS_FILE).write_text(json.dumps(prepared.shots.to_dict(), indent=1), encoding="utf-8")
     result = trainer.fit(resume=resume, resume_force=resume_force)
     interrupted = (result.signal or "a signal") if result.stop_reason == "signal" else None
     if interrupted and not export_on_interrupt:

@@ -285,6 +285,18 @@ def render(run_name: str, summary: dict[str, Any], epochs: list[dict[str, float]
     return "".join(parts) + "</body></html>"
 
 
+def _few_shot_summary(run_dir: Path) -> dict[str, Any]:
+    """The summary row of a run trained with ``data.shots_per_class`` (its ``few_shot.json``)."""
+    import json
+
+    file = run_dir / "few_shot.json"
+    if not file.is_file():
+        return {}
+    shots = json.loads(file.read_text(encoding="utf-8"))
+    kept = ", ".join(f"{label}: {count} of {shots['available'][label]}" for label, count in shots["kept"].items())
+    return {"few-shot training rows": f"{shots['shots_per_class']} per class of column '{shots['column']}' (seed {shots['seed']}): {kept}"}
+
+
 def build_report(
     run_dir: str | Path, data: str | Path | None = None, registry: Any = None, out: str | Path | None = None,
     batch_size: int = 64,
@@ -318,6 +330,7 @@ def build_report(
     if epochs:
         summary.update({"epochs": int(epochs[-1].get("epoch", len(epochs))), "optimizer steps": int(epochs[-1].get("step", 0))})
     summary["parameters"] = sum(p.numel() for p in model.parameters())
+    summary.update(_few_shot_summary(run_dir))
     html_text = render(recipe.name, summary, epochs, evals, analysis, _matplotlib(), data_name)
     target = Path(out) if out is not None else run_dir / REPORT_FILE
     temporary = target.with_suffix(".html.tmp")

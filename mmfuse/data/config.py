@@ -66,6 +66,14 @@ class DataConfig(_Section):
     check_files: bool = Field(
         True, description="check before training that every referenced media file exists"
     )
+    # few-shot (docs/pretraining.md#few-shot): the training split only; validation and test are untouched
+    shots_per_class: int | None = Field(
+        None, ge=1, description="keep exactly k training rows per class (seeded, stratified); a class with fewer is an error"
+    )
+    shots_column: str | None = Field(
+        None, description="column holding the classes of shots_per_class; default: the target of the one classification task"
+    )
+    shots_seed: int | None = Field(None, description="seed of the shots_per_class draw; default: the recipe's seed")
 
     @field_validator("cache", "feature_cache", mode="before")
     @classmethod
@@ -76,6 +84,12 @@ class DataConfig(_Section):
         if value is True:
             return "auto"
         return value
+
+    @model_validator(mode="after")
+    def _shots_options_need_shots(self) -> "DataConfig":
+        if self.shots_per_class is None and (self.shots_column is not None or self.shots_seed is not None):
+            raise ValueError("data.shots_column and data.shots_seed apply only with data.shots_per_class: set it (e.g. 5)")
+        return self
 
     @model_validator(mode="after")
     def _one_source_per_split(self) -> "DataConfig":

@@ -1,5 +1,5 @@
 """Where a recipe's data comes from: the train / val / test manifests, or one manifest split by a
-seeded, stratified ratio. Paths in the recipe are relative to the recipe file. Imports no torch."""
+seeded, stratified ratio, and the few-shot training subset (``data.shots_per_class``). Paths in the recipe are relative to the recipe file. Imports no torch."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 
 from mmfuse.data.errors import DataError
 from mmfuse.data.manifest import Manifest, read_manifest
+from mmfuse.data.shots import ShotsSummary, keep_shots, shots_column
 from mmfuse.data.split import stratified_split
 from mmfuse.data.targets import fittable_target
 
@@ -24,6 +25,8 @@ class DataSplits:
     train: Manifest
     val: Manifest | None = None
     test: Manifest | None = None
+    #: what ``data.shots_per_class`` kept of the training split (None without it)
+    shots: ShotsSummary | None = None
 
 
 def recipe_folder(recipe: Recipe) -> Path:
@@ -58,6 +61,9 @@ def load_splits(recipe: Recipe, registry: Registry | None = None) -> DataSplits:
     splits = DataSplits(train=read(data.train, "data.train"), val=read(data.val, "data.val"), test=read(data.test, "data.test"))  # type: ignore[arg-type]
     if data.split is not None and (data.split.val > 0 or data.split.test > 0):
         splits = _split(recipe, splits)
+    if data.shots_per_class is not None:  # after the split: validation rows are never few-shot
+        seed = data.shots_seed if data.shots_seed is not None else recipe.seed
+        splits.train, splits.shots = keep_shots(splits.train, data.shots_per_class, shots_column(recipe), seed)
     return splits
 
 

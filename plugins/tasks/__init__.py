@@ -34,6 +34,8 @@ class ClassificationConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     #: metric keys of this task's evaluation (``val/<task>/<metric>``), checked by `mmfuse validate`
     metric_names: ClassVar[tuple[str, ...]] = ("accuracy", "precision", "recall", "f1")
+    #: one class per row in the target column: data.shots_per_class draws its rows per class of it
+    single_label_classes: ClassVar[bool] = True
 
     labels: list[Label] | None = Field(
         None, description="class labels in index order; default: learned from the training split"

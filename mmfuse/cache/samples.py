@@ -8,6 +8,7 @@
   ``~/.cache/mmfuse``), shared by DataLoader workers, DDP ranks, concurrent runs, later runs and
   ``mmfuse eval`` / ``predict``; written atomically (:mod:`mmfuse.cache.shards`);
 - ``auto``: ``memory`` when the main process reads the data (``num_workers: 0``), else ``disk``;
+  ``disk`` too when the disk cache already holds the data (then ``num_workers: auto`` is 0);
 - ``off``: preprocess every time.
 
 Entries are keyed by the content digest of the raw value and live in a folder named by the
@@ -176,28 +177,59 @@ def split_sample_keys(values: list[dict[str, Tensor] | None]) -> tuple[list[dict
     return cleaned, keys
 
 
-def resolve_mode(mode: str, *, num_workers: int) -> str:
-    """``auto`` -> memory when the main process reads the data, else disk (shared by workers)."""
+def resolve_mode(mode: str, *, num_workers: int, warm_on_disk: bool = False) -> str:
+    """``auto`` -> disk when workers or several processes read the data (shared by them) or when
+    the disk cache already holds the data (``warm_on_disk``), else memory."""
     if mode != "auto":
         return mode
-    return "memory" if num_workers == 0 and int(os.environ.get("WORLD_SIZE", "1")) == 1 else "disk"
+    single = num_workers == 0 and int(os.environ.get("WORLD_SIZE", "1")) == 1
+    return "memory" if single and not warm_on_disk else "disk"
 
 
-def sample_cache_for(recipe: Any, *, augmented: bool = False) -> SampleCache | None:
+def cache_root_for(recipe: Any) -> Path:
+    """The disk cache folder ``recipe.data.cache_dir`` names (relative to the recipe), or the default."""
+    if getattr(recipe.data, "cache_dir", None):
+        from mmfuse.data.sources import resolve_data_path
+
+        return Path(resolve_data_path(recipe, recipe.data.cache_dir))
+    return default_cache_root()
+
+
+def warm_on_disk(root: Path, preprocessors: dict[str, Any], distinct_values: dict[str, int]) -> bool:
+    """Whether the disk cache under ``root`` holds at least ``distinct_values[name]`` entries for
+    every cacheable preprocessor that has values (read from shard headers only; an estimate:
+    entries are keyed by content, values here by name)."""
+    from mmfuse.cache.shards import count_entries
+
+    checked = False
+    for name, preprocessor in preprocessors.items():
+        wanted = distinct_values.get(name, 0)
+        if not wanted or not getattr(preprocessor, "cacheable", True):
+            continue
+        folder = root / SAMPLES_DIR / identity_digest(preprocessor_identity(preprocessor))
+        if not folder.is_dir() or count_entries(folder) < wanted:
+            return False
+        checked = True
+    return checked
+
+
+def sample_cache_for(
+    recipe: Any, *, augmented: bool = False, num_workers: int | None = None, warm: bool = False
+) -> SampleCache | None:
     """The cache ``recipe.data`` asks for, or None for ``off`` (unless the feature cache needs
     sample keys: then a cache that stores nothing and only keys the samples). ``augmented``: the
-    dataset applies ``Preprocessor.augment`` (the training split)."""
+    dataset applies ``Preprocessor.augment`` (the training split); ``num_workers``: the loader's
+    workers (default: ``data.num_workers``, 0 for ``auto``); ``warm``: the disk cache holds the data."""
     data = recipe.data
-    mode = resolve_mode(getattr(data, "cache", "off"), num_workers=data.num_workers)
+    if num_workers is None:
+        num_workers = data.num_workers if isinstance(data.num_workers, int) else 0
+    mode = resolve_mode(getattr(data, "cache", "off"), num_workers=num_workers, warm_on_disk=warm)
     keys = getattr(data, "feature_cache", "off") != "off"
     if mode == "off" and not keys:
         return None
-    root = None
-    if getattr(data, "cache_dir", None):
-        from mmfuse.data.sources import resolve_data_path
-
-        root = resolve_data_path(recipe, data.cache_dir)
-    cache = SampleCache(mode, root=root, memory_budget_mb=getattr(data, "cache_memory_mb", 2048), emit_keys=keys)
+    cache = SampleCache(
+        mode, root=cache_root_for(recipe), memory_budget_mb=getattr(data, "cache_memory_mb", 2048), emit_keys=keys
+    )
     cache.augmented = augmented
     return cache
 

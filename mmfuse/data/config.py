@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -46,15 +46,20 @@ class DataConfig(_Section):
     eval_batch_size: int | None = Field(None, ge=1)
     shuffle: bool = True
     drop_last: bool = False
-    num_workers: int = Field(0, ge=0)
+    num_workers: Annotated[int, Field(ge=0)] | Literal["auto"] = Field(
+        "auto", description="DataLoader worker processes per training process; 'auto': chosen from the cores, "
+        "the processes on this machine, the dataset's size and the sample cache, printed at start (docs/performance.md)",
+    )
     persistent_workers: bool = True
-    prefetch_factor: int = Field(2, ge=1)
+    prefetch_factor: Annotated[int, Field(ge=1)] | Literal["auto"] = Field(
+        "auto", description="batches each worker loads ahead; 'auto': 2, more with a single worker (needs workers)"
+    )
     pin_memory: bool = Field(True, description="page-locked batches for non-blocking copies to a GPU (no effect without CUDA)")
     on_bad_sample: Literal["error", "skip"] = "error"
     cache: Literal["auto", "memory", "disk", "off"] = Field(
         "auto",
         description="preprocessed-sample cache: memory, disk (shared by workers, ranks and runs), off; "
-        "auto = memory without DataLoader workers, else disk (docs/performance.md)",
+        "auto = memory without DataLoader workers unless the disk cache is warm, else disk (docs/performance.md)",
     )
     cache_dir: str | None = Field(
         None, description="disk cache folder (relative to the recipe file); default $MMFUSE_CACHE_DIR or ~/.cache/mmfuse"
@@ -84,6 +89,23 @@ class DataConfig(_Section):
         if value is True:
             return "auto"
         return value
+
+    @field_validator("num_workers", "prefetch_factor", mode="before")
+    @classmethod
+    def _auto_or_count(cls, value: Any, info: Any) -> Any:
+        least = 0 if info.field_name == "num_workers" else 1
+        if value == "auto" or (isinstance(value, int) and not isinstance(value, bool) and value >= least):
+            return value
+        raise ValueError(f"data.{info.field_name} must be auto or a whole number >= {least}, got {value!r}")
+
+    @model_validator(mode="after")
+    def _prefetch_needs_workers(self) -> "DataConfig":
+        if self.num_workers == 0 and self.prefetch_factor != "auto":
+            raise ValueError(
+                f"data.prefetch_factor={self.prefetch_factor} needs DataLoader workers, but data.num_workers is 0 "
+                "(the main process loads each batch when it is needed); remove prefetch_factor or set num_workers"
+            )
+        return self
 
     @model_validator(mode="after")
     def _shots_options_need_shots(self) -> "DataConfig":

@@ -81,6 +81,9 @@ class ManifestDataset(Dataset):
         self.augmentation_seed: int | None = None
         #: a :class:`mmfuse.cache.samples.SampleCache` consulted before a preprocessor runs
         self.sample_cache: Any = None
+        #: the DataLoader settings chosen for this dataset (:mod:`mmfuse.data.workers`), set by
+        #: :func:`build_dataset`; None: the loader chooses from the machine alone
+        self.loader_plan: Any = None
         self._check_columns(check_columns)
         problems = self._encode_targets(targets or {})
         problems += self._check_rows(check_files)
@@ -106,6 +109,16 @@ class ManifestDataset(Dataset):
         if self.augmentation_seed is not None:  # after the deterministic (cacheable) preprocessing
             inputs = augment_inputs(inputs, self.preprocessors, index, self.augmentation_seed)
         return Sample(inputs=inputs, targets=self._targets[index], index=int(index))
+
+    def distinct_values(self) -> dict[str, int]:
+        """Encoder -> how many distinct values its column holds (what a full cache stores)."""
+        values: dict[str, set[str]] = {name: set() for name in self.columns}
+        for row in self.manifest.rows:
+            for name, column in self.columns.items():
+                value = row.values.get(column)
+                if value is not None:
+                    values[name].add(str(value))
+        return {name: len(found) for name, found in values.items()}
 
     # ------------------------------------------------------------------ reading one value
 
@@ -239,7 +252,18 @@ def build_dataset(
     )
     if training:  # augmentation (Preprocessor.augment) happens on the training split only
         dataset.augmentation_seed = int(getattr(recipe, "seed", 0))
-    from mmfuse.cache.samples import sample_cache_for
+    from mmfuse.cache.samples import cache_root_for, sample_cache_for, warm_on_disk
+    from mmfuse.data.workers import plan_loader
 
-    dataset.sample_cache = sample_cache_for(recipe, augmented=dataset.augmentation_seed is not None)
+    data = recipe.data
+    warm = data.cache in ("auto", "disk") and warm_on_disk(
+        cache_root_for(recipe), dataset.preprocessors, dataset.distinct_values()
+    )
+    dataset.loader_plan = plan_loader(
+        data, rows=len(dataset), decodes_files=any(p.reads_files for p in dataset.preprocessors.values()),
+        cache_warm=warm, train=training,
+    )
+    dataset.sample_cache = sample_cache_for(
+        recipe, augmented=dataset.augmentation_seed is not None, num_workers=dataset.loader_plan.num_workers, warm=warm
+    )
     return dataset

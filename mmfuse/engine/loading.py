@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import random
+from dataclasses import replace
 from typing import Any, Callable, Iterator
 
 import numpy as np
@@ -19,8 +20,9 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from mmfuse.data.augmentation import SampleIndex
 from mmfuse.data.config import DataConfig
+from mmfuse.data.workers import LoaderPlan, plan_loader
 
-__all__ = ["ResumableDistributedSampler", "build_loader", "batches_per_epoch", "start_epoch", "move_to_device"]
+__all__ = ["ResumableDistributedSampler", "loader_plan_for", "build_loader", "batches_per_epoch", "start_epoch", "move_to_device"]
 
 
 class ResumableDistributedSampler(Sampler[int]):
@@ -92,6 +94,15 @@ class _WorkerSeeder:
         np.random.seed(seed)
 
 
+def loader_plan_for(dataset: Dataset, data: DataConfig, *, train: bool = True) -> LoaderPlan:
+    """The worker settings of ``dataset``'s loader: the plan :func:`~mmfuse.data.dataset.build_dataset`
+    chose from the data and its cache, else one from ``data`` and the machine alone."""
+    plan = getattr(dataset, "loader_plan", None)
+    if isinstance(plan, LoaderPlan):  # workers persist between epochs of training only
+        return replace(plan, persistent_workers=bool(plan.num_workers and train and data.persistent_workers))
+    return plan_loader(data, rows=len(dataset), decodes_files=None, train=train)  # type: ignore[arg-type]
+
+
 def build_loader(
     dataset: Dataset,
     collate: Callable[[list[Any]], dict[str, Any]],
@@ -101,8 +112,11 @@ def build_loader(
     rank: int,
     world_size: int,
     seed: int,
+    plan: LoaderPlan | None = None,
 ) -> DataLoader:
-    """A DataLoader over this rank's share of ``dataset``; call :func:`start_epoch` before each epoch."""
+    """A DataLoader over this rank's share of ``dataset``; call :func:`start_epoch` before each epoch.
+    ``plan``: its worker settings (default :func:`loader_plan_for`)."""
+    plan = plan or loader_plan_for(dataset, data, train=train)
     batch_size = data.batch_size if train else (data.eval_batch_size or data.batch_size)
     sampler = ResumableDistributedSampler(
         len(dataset),  # type: ignore[arg-type]
@@ -113,12 +127,12 @@ def build_loader(
         drop_last=train and data.drop_last,
         pad=train,
     )
-    workers = data.num_workers
+    workers = plan.num_workers
     options: dict[str, Any] = {}
     if workers > 0:
         options = {
-            "prefetch_factor": data.prefetch_factor,
-            "persistent_workers": data.persistent_workers and train,
+            "prefetch_factor": plan.prefetch_factor,
+            "persistent_workers": plan.persistent_workers,
             "worker_init_fn": _WorkerSeeder(),
         }
     loader = DataLoader(

@@ -16,6 +16,8 @@ from typing import Any, Callable
 
 import torch
 
+from mmfuse.data.workers import available_cores, local_processes
+
 __all__ = ["ThreadPlan", "available_cores", "plan_threads", "apply_thread_settings"]
 
 
@@ -26,14 +28,6 @@ class ThreadPlan:
     reason: str
 
 
-def available_cores() -> int:
-    """Cores this process may run on (its CPU affinity where the OS reports it)."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # macOS, Windows
-        return max(1, os.cpu_count() or 1)
-
-
 def plan_threads(
     num_threads: int | str, interop_threads: int | str, num_workers: int, *,
     cores: int | None = None, processes: int | None = None, environ: dict[str, str] | None = None,
@@ -41,7 +35,7 @@ def plan_threads(
     """The thread counts for ``trainer.num_threads`` / ``interop_threads`` (``"auto"`` or a number)."""
     environ = os.environ if environ is None else environ
     cores = available_cores() if cores is None else cores
-    processes = int(environ.get("LOCAL_WORLD_SIZE", "1")) if processes is None else processes
+    processes = local_processes(environ) if processes is None else processes
     if num_threads != "auto":
         intra, reason = int(num_threads), "trainer.num_threads"
     elif environ.get("OMP_NUM_THREADS", "").isdigit() and int(environ["OMP_NUM_THREADS"]) > 0:
@@ -56,11 +50,11 @@ def plan_threads(
     return ThreadPlan(intra, inter, reason)
 
 
-def apply_thread_settings(trainer_config: Any, data_config: Any, log: Callable[[str], None]) -> ThreadPlan:
-    """Set torch's intra- and inter-op thread counts for this process and print them."""
+def apply_thread_settings(trainer_config: Any, num_workers: int, log: Callable[[str], None]) -> ThreadPlan:
+    """Set torch's intra- and inter-op thread counts for this process and print them;
+    ``num_workers``: the training loader's workers (as chosen, :mod:`mmfuse.data.workers`)."""
     plan = plan_threads(
-        getattr(trainer_config, "num_threads", "auto"), getattr(trainer_config, "interop_threads", "auto"),
-        int(getattr(data_config, "num_workers", 0)),
+        getattr(trainer_config, "num_threads", "auto"), getattr(trainer_config, "interop_threads", "auto"), num_workers,
     )
     torch.set_num_threads(plan.intra_op)
     inter = f"{plan.inter_op} inter-op"

@@ -45,7 +45,7 @@ from mmfuse.engine.checkpoint import (
 from mmfuse.engine.config import OptimizerConfig, SchedulerConfig, TrainerConfig
 from mmfuse.engine.distributed import any_rank_true, gather_objects, init_distributed
 from mmfuse.engine.evaluation import EvaluationInterrupted, batches_on_every_rank, evaluate_model, most_batches_on_a_rank
-from mmfuse.engine.loading import batches_per_epoch, build_loader, move_to_device, start_epoch
+from mmfuse.engine.loading import batches_per_epoch, build_loader, loader_plan_for, move_to_device, start_epoch
 from mmfuse.engine.threads import apply_thread_settings
 from mmfuse.engine.rng import capture_rng_state, make_deterministic, restore_rank_rng, seed_everything
 from mmfuse.engine.run_settings import check_resume_settings, describe_run, translated_position
@@ -140,9 +140,11 @@ class Trainer:
         self.optimizer = make_optimizer(param_groups(self.model, self.groups_from), optimizer or OptimizerConfig())
         self.scaler = torch.amp.GradScaler("cuda", enabled=config.precision == "fp16")
         self.optimizer_step = OptimizerStep(self.optimizer, self.scaler, config.clip_grad_norm, self.device)
+        #: the training DataLoader's workers and why (mmfuse.data.workers; printed at start)
+        self.loader_plan = loader_plan_for(train_dataset, self.data)
         self.train_loader = build_loader(
             train_dataset, collate, self.data, train=True,
-            rank=self.context.rank, world_size=self.context.world_size, seed=seed,
+            rank=self.context.rank, world_size=self.context.world_size, seed=seed, plan=self.loader_plan,
         )
         self.batches_per_epoch = batches_per_epoch(self.train_loader, self.data)
         self.steps_per_epoch = math.ceil(self.batches_per_epoch / config.grad_accum_steps)
@@ -255,7 +257,7 @@ class Trainer:
 
     def _start(self, resume: Path | str | None, resume_force: bool) -> None:
         seed_everything(self.seed + self.context.rank)
-        apply_thread_settings(self.config, self.data, self.log)
+        apply_thread_settings(self.config, self.loader_plan.num_workers, self.log)
         if self.config.deterministic:
             make_deterministic()
         if self.is_main:

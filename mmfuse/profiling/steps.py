@@ -143,7 +143,7 @@ def profile_recipe(recipe: Any, *, steps: int = 200, warmup: int = 5, registry: 
         settings={
             "data.cache": data.cache,
             "data.feature_cache": data.feature_cache,
-            "data.num_workers": data.num_workers,
+            "data.num_workers": loader.num_workers,
             "data.batch_size": data.batch_size,
             "trainer.precision": recipe.trainer.precision,
             "cpus": os.cpu_count() or 1,

@@ -159,3 +159,26 @@ def test_a_consumer_working_in_place_does_not_change_the_cache(demo_recipe):
     again = dataset[0].inputs["image"]["pixels"]
     assert torch.equal(again, first - 1.0)
     assert np.isfinite(again.numpy()).all()
+
+
+def test_auto_workers_and_cache_follow_whether_the_disk_cache_is_warm(demo_recipe, tmp_path, monkeypatch):
+    from mmfuse.data import workers
+
+    monkeypatch.setattr(workers, "TINY_ROWS", 1)  # the demo data is small
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(4)), raising=False)
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    recipe = ("data.num_workers=auto", "data.cache=auto", f"data.cache_dir={tmp_path}")
+    cold = _train_dataset(demo_recipe(*recipe))
+    assert cold.loader_plan.num_workers == 3 and "cold cache" in cold.loader_plan.reason
+    assert cold.sample_cache.mode == "disk"  # shared by the workers
+    _all_items(cold)
+    cold.sample_cache.flush()
+    warm = _train_dataset(demo_recipe(*recipe))
+    assert warm.loader_plan.num_workers == 0 and "warm" in warm.loader_plan.reason
+    assert warm.sample_cache.mode == "disk"  # read where it is warm, not a cold memory cache
+    _all_items(warm)
+    assert warm.sample_cache.misses == 0
+    fixed = _train_dataset(demo_recipe(*recipe, "data.num_workers=2"))
+    assert fixed.loader_plan.num_workers == 2 and fixed.loader_plan.reason == "data.num_workers"
+    in_memory = _train_dataset(demo_recipe("data.num_workers=auto", "data.cache=memory"))
+    assert in_memory.loader_plan.num_workers == 0 and in_memory.sample_cache.mode == "memory"

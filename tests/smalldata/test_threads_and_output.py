@@ -33,7 +33,7 @@ def test_thread_settings_are_applied_and_printed():
     before = torch.get_num_threads()
     try:
         config = TrainerConfig(num_threads=2, interop_threads=torch.get_num_interop_threads())
-        apply_thread_settings(config, SimpleNamespace(num_workers=0), lines.append)
+        apply_thread_settings(config, 0, lines.append)
         assert torch.get_num_threads() == 2
         assert lines and lines[0].startswith("threads: 2 intra-op") and "trainer.num_threads" in lines[0]
     finally:

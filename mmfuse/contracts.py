@@ -230,6 +230,14 @@ class Task(nn.Module):
         encoder's inputs here and puts its own targets in ``batch["targets"][name]``. Every task
         sees the changed inputs. Default: nothing."""
 
+    def training_callbacks(self, name: str) -> list[Any]:
+        """Engine callbacks (:class:`mmfuse.engine.callbacks.Callback`) this task needs while a
+        Trainer fits the model, ``name`` being the task's name in the model: e.g. one that
+        recomputes state from the training data before each evaluation (the prototype task's class
+        means). The Trainer runs them after the recipe's and the caller's callbacks, on every rank.
+        Default: none."""
+        return []
+
     def export_assets(self, folder: str) -> dict[str, Any]:
         """Like :meth:`Encoder.export_assets`, for a task that wraps a pretrained model (a causal
         LM and its tokenizer): write what rebuilding it offline needs into ``folder`` and return

@@ -1,12 +1,12 @@
 """``report.html``: one self-contained page per run (no server, no external files).
 
 Sections: a summary; training and validation loss, every validation metric and the learning rate
-over the run (from ``metrics.csv`` and ``evals.csv``); for each classification task, the confusion
-matrix, per-class precision / recall / F1 and a calibration (reliability) plot with its expected
-calibration error; and a modality-ablation table: each task's metrics on the validation split
-with each modality removed through the presence mask. Plots are matplotlib PNGs embedded as
-base64; without matplotlib (``pip install 'mmfuse[report]'``) the page has every table and says
-the plots need it.
+over the run (from ``metrics.csv`` and ``evals.csv``); for each classification (or prototype)
+task, the confusion matrix, per-class precision / recall / F1 and a calibration (reliability) plot
+with its expected calibration error; and a modality-ablation table: each task's metrics on the
+validation split with each modality removed through the presence mask. Plots are matplotlib PNGs
+embedded as base64; without matplotlib (``pip install 'mmfuse[report]'``) the page has every table
+and says the plots need it.
 
 Written at the end of ``mmfuse train`` from the saved model folder, and rebuilt by
 ``mmfuse report RUN`` (optionally on another manifest with ``--data``).
@@ -29,6 +29,8 @@ __all__ = ["REPORT_FILE", "build_report", "ValidationAnalysis", "analyse"]
 
 REPORT_FILE = "report.html"
 CALIBRATION_BINS = 10
+#: tasks whose outputs are [B, classes] logits: confusion matrix, per-class table, calibration
+_SINGLE_LABEL_TASKS = ("mmfuse/classification", "mmfuse/prototype")
 
 
 # --------------------------------------------------------------------------- analysis
@@ -92,7 +94,7 @@ def analyse(model: Any, recipe: Any, batches: list[dict[str, Any]], device: Any)
     metrics = evaluate_batches(model, batches, device)
     rows = int(metrics.pop("rows", 0))
     classification_tasks = [
-        name for name, slot in recipe.tasks.items() if slot.type == "mmfuse/classification" and model.tasks[name].label_names()
+        name for name, slot in recipe.tasks.items() if slot.type in _SINGLE_LABEL_TASKS and model.tasks[name].label_names()
     ]
     collected: dict[str, tuple[list[torch.Tensor], list[torch.Tensor]]] = {name: ([], []) for name in classification_tasks}
     with torch.inference_mode():

@@ -247,6 +247,7 @@ SAMPLES = {
     "mmfuse/regression": (lambda names: {}, [0.5, -1.0, 2.0, 0.0, 1.0]),
     "mmfuse/multilabel": (lambda names: {"labels": ["x", "y"]}, [["x"], [], ["x", "y"], ["y"], ["x"]]),
     "mmfuse/contrastive": (lambda names: {"encoders": names[:2]}, None),
+    "mmfuse/prototype": (lambda names: {"labels": ["a", "b"], "distance": "euclidean"}, ["a", "b", "a", "b", "b"]),
     "mmfuse/distillation": (
         lambda names: {"num_classes": 3, "alpha": 0.5},
         [[0.0, 1.0, 2.0], {"logits": [1, 0, 0], "label": 2}, [0.5, 0.5, 0.5], {"logits": [0, 0, 3], "label": 0}, [1, 2, 3]],

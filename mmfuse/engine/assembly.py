@@ -1,6 +1,6 @@
 """The parts a Trainer is built from that follow from its configuration alone: the autocast
-context for ``trainer.precision``, the list of callbacks (built-in, named in the recipe, given),
-and which modules of the model no task reads."""
+context for ``trainer.precision``, the list of callbacks (built-in, named in the recipe, given,
+asked for by tasks), and which modules of the model no task reads."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from mmfuse.model import FusedModel
 from mmfuse.recipe import Recipe
 from mmfuse.registry import Registry
 
-__all__ = ["autocast_for", "recipe_callbacks", "build_callbacks", "freeze_unread_modules"]
+__all__ = ["autocast_for", "recipe_callbacks", "task_callbacks", "build_callbacks", "freeze_unread_modules"]
 
 
 def autocast_for(precision: str, device: torch.device) -> Callable[[], Any]:
@@ -43,6 +43,11 @@ def recipe_callbacks(recipe: Recipe, registry: Registry | None) -> list[Callback
 
         registry = get_registry()
     return [registry.get("callback", slot.type).build(slot.params) for slot in recipe.callbacks]
+
+
+def task_callbacks(model: FusedModel) -> list[Callback]:
+    """The callbacks the model's tasks ask for (``Task.training_callbacks``), in task order."""
+    return [callback for name, task in model.tasks.items() for callback in task.training_callbacks(name)]
 
 
 def build_callbacks(config: TrainerConfig, chosen: list[Callback]) -> list[Callback]:

@@ -37,7 +37,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import Dataset
 
 from mmfuse.data.config import DataConfig
-from mmfuse.engine.assembly import autocast_for, build_callbacks, freeze_unread_modules, recipe_callbacks
+from mmfuse.engine.assembly import autocast_for, build_callbacks, freeze_unread_modules, recipe_callbacks, task_callbacks
 from mmfuse.engine.callbacks import Callback, Checkpointing, state_keys
 from mmfuse.engine.checkpoint import (
     Checkpoint, checkpoint_name, find_resumable, load_model_weights, read_checkpoint, remove_leftovers, save_checkpoint,
@@ -151,7 +151,7 @@ class Trainer:
         total = self.steps_per_epoch * config.epochs
         self.total_steps = min(total, config.max_steps) if config.max_steps else total
         self.schedule = LRSchedule(self.optimizer, scheduler or SchedulerConfig(), self.total_steps)
-        self.callbacks = build_callbacks(config, named + list(callbacks))
+        self.callbacks = build_callbacks(config, named + list(callbacks) + task_callbacks(model))
         self.signals = StopSignals()
         self.state = TrainState(settings=describe_run(
             seed=seed, data=self.data, world_size=self.context.world_size, grad_accum_steps=config.grad_accum_steps,

@@ -21,6 +21,7 @@ __all__ = [
     "RegressionConfig",
     "MultilabelConfig",
     "ContrastiveConfig",
+    "PrototypeConfig",
     "DistillationConfig",
     "TeacherTarget",
     "parse_teacher_target",
@@ -137,6 +138,38 @@ class ContrastiveConfig(BaseModel):
         if len(value) != 2 or value[0] == value[1]:
             raise ValueError(f"contrastive needs exactly two different encoders, got {value}")
         return value
+
+
+class PrototypeConfig(BaseModel):
+    """``mmfuse/prototype``: classify by similarity to per-class prototypes (class means of the
+    training rows' fused vectors); docs/fusion_and_tasks.md and docs/pretraining.md#few-shot."""
+
+    model_config = ConfigDict(extra="forbid")
+    metric_names: ClassVar[tuple[str, ...]] = ("accuracy", "precision", "recall", "f1")
+    single_label_classes: ClassVar[bool] = True
+
+    labels: list[Label] | None = Field(
+        None, description="class labels in index order; default: learned from the training split"
+    )
+    distance: Literal["cosine", "euclidean"] = Field(
+        "cosine", description="cosine: scale * cos(x, prototype); euclidean: -scale * squared distance"
+    )
+    temperature: float = Field(0.1, gt=0, description="initial temperature: logits are similarities / temperature")
+    learn_temperature: bool = Field(True, description="train the temperature (the head's one parameter)")
+    max_scale: float = Field(100.0, gt=1, description="clamp of 1/temperature")
+
+    @model_validator(mode="after")
+    def _check(self) -> "PrototypeConfig":
+        check_vocabulary("prototype", self.labels, 2, "", None)
+        if 1 / self.temperature > self.max_scale:
+            raise ValueError(f"1/temperature ({1 / self.temperature:g}) is above max_scale ({self.max_scale:g})")
+        return self
+
+    def fit_targets(self, values: list[Any]) -> "PrototypeConfig":
+        """Learn the label vocabulary from the training targets (sorted, stable)."""
+        if self.labels is not None:
+            return self
+        return self.model_copy(update={"labels": sorted_labels(v for v in values if not isinstance(v, (list, dict)))})
 
 
 class DistillationConfig(BaseModel):
@@ -258,6 +291,12 @@ def mmfuse_register_tasks(register) -> None:
         config=ContrastiveConfig,
         description="CLIP-style symmetric InfoNCE between two encoders; retrieval recall@1/5",
         aliases=("clip",),
+    )
+    register(
+        "mmfuse/prototype",
+        builder="mmfuse_plugins.tasks.prototype:build_prototype",
+        config=PrototypeConfig,
+        description="few-shot: nearest class prototype (mean fused vector per class), cosine or euclidean; accuracy, macro P/R/F1",
     )
     register(
         "mmfuse/distillation",

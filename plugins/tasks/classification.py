@@ -14,28 +14,23 @@ from mmfuse.mlp import build_task_head
 from mmfuse_plugins.tasks import ClassificationConfig
 from mmfuse_plugins.tasks.vocabulary import LabelVocabulary
 
-__all__ = ["ClassificationTask", "build_classification"]
+__all__ = ["SingleLabelTask", "ClassificationTask", "build_classification"]
 
 
-class ClassificationTask(Task):
-    def __init__(self, config: ClassificationConfig, fused_dim: int) -> None:
+class SingleLabelTask(Task):
+    """One label per row from a label vocabulary: target encoding, metrics (accuracy, macro
+    P/R/F1), decoding and probabilities of ``[B, num_classes]`` logits. Subclasses make the logits
+    (a linear head, similarity to prototypes) and the loss."""
+
+    def __init__(self, labels: list[Any] | None, task: str) -> None:
         super().__init__()
-        if config.labels is None:
+        if labels is None:
             raise ValueError(
-                "classification task has no labels: give 'labels' in the recipe or train on data "
+                f"{task} task has no labels: give 'labels' in the recipe or train on data "
                 "so they are learned from the training split"
             )
-        self.config = config
-        self.vocabulary = LabelVocabulary(config.labels)
+        self.vocabulary = LabelVocabulary(labels)
         self.num_classes = len(self.vocabulary)
-        self.head = build_task_head(fused_dim, self.num_classes, config.hidden_dim, config.dropout)
-        weights = None
-        if config.class_weights:
-            weights = torch.tensor([config.class_weights.get(str(label), 1.0) for label in self.vocabulary.labels])
-        self.register_buffer("class_weights", weights, persistent=False)
-
-    def forward(self, fused: Tensor, features: dict[str, EncoderOutput], present: dict[str, Tensor]) -> Tensor:
-        return self.head(fused)
 
     def label_names(self) -> list[Any]:
         return list(self.vocabulary.labels)
@@ -46,13 +41,6 @@ class ClassificationTask(Task):
         if isinstance(value, (list, dict)):
             raise SampleError(f"a label is one value (text or a number), got a {type(value).__name__}: {value!r:.60}")
         return torch.tensor(self.vocabulary.index_of(value), dtype=torch.long)
-
-    def loss(self, outputs: Tensor, targets: Tensor | None) -> Tensor:
-        if targets is None:
-            raise ValueError("classification loss needs targets")
-        return F.cross_entropy(
-            outputs.float(), targets, weight=self.class_weights, label_smoothing=self.config.label_smoothing
-        )
 
     def build_metrics(self) -> torchmetrics.MetricCollection:
         n = self.num_classes
@@ -73,6 +61,27 @@ class ClassificationTask(Task):
 
     def probabilities(self, outputs: Tensor) -> Tensor:
         return outputs.float().softmax(-1)
+
+
+class ClassificationTask(SingleLabelTask):
+    def __init__(self, config: ClassificationConfig, fused_dim: int) -> None:
+        super().__init__(config.labels, "classification")
+        self.config = config
+        self.head = build_task_head(fused_dim, self.num_classes, config.hidden_dim, config.dropout)
+        weights = None
+        if config.class_weights:
+            weights = torch.tensor([config.class_weights.get(str(label), 1.0) for label in self.vocabulary.labels])
+        self.register_buffer("class_weights", weights, persistent=False)
+
+    def forward(self, fused: Tensor, features: dict[str, EncoderOutput], present: dict[str, Tensor]) -> Tensor:
+        return self.head(fused)
+
+    def loss(self, outputs: Tensor, targets: Tensor | None) -> Tensor:
+        if targets is None:
+            raise ValueError("classification loss needs targets")
+        return F.cross_entropy(
+            outputs.float(), targets, weight=self.class_weights, label_smoothing=self.config.label_smoothing
+        )
 
 
 def build_classification(config: ClassificationConfig, fused_dim: int, encoder_dims: dict[str, int]) -> ClassificationTask:

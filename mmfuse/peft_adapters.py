@@ -5,7 +5,8 @@ Adapters are injected into the encoder module in place (``peft.inject_adapter_in
 the encoder keeps its mmfuse interface and any ``nn.Module`` works: a transformers model, a timm or
 torchvision backbone (peft's custom-model support). peft freezes everything but the adapters; the
 fusion head and the tasks train as usual. ``merge_adapters`` folds the adapters into the weights
-before the model folder is written, whose recipe then no longer names them."""
+before the model folder is written, whose recipe then no longer names them. Virtual tokens
+(prompt / prefix / p-tuning) are added by mmfuse/peft_prompts.py and are never merged."""
 
 from __future__ import annotations
 
@@ -41,7 +42,13 @@ def _peft_config(settings: PeftSettings) -> Any:
 
 def add_adapters(encoder: nn.Module, settings: PeftSettings, where: str) -> nn.Module:
     """Inject ``settings``' adapters into ``encoder`` in place; only adapters stay trainable.
-    A ValueError names ``where`` (``encoders.text``) and the modules that could be targeted."""
+    A ValueError names ``where`` (``encoders.text``) and the modules that could be targeted.
+    Virtual-token methods (prompt_tuning, prefix_tuning, p_tuning) go to mmfuse/peft_prompts.py."""
+    if settings.adds_virtual_tokens:
+        _peft()  # the error naming the extra when peft is missing
+        from mmfuse.peft_prompts import add_virtual_tokens
+
+        return add_virtual_tokens(encoder, settings, where)
     try:
         _peft().inject_adapter_in_model(_peft_config(settings), encoder)
     except ValueError as exc:

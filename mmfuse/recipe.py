@@ -58,7 +58,7 @@ class EncoderSlot(_Strict):
     lr: float | None = Field(None, gt=0, description="default: optimizer.lr")
     weight_decay: float | None = Field(None, ge=0, description="default: optimizer.weight_decay")
     peft: PeftSettings | None = Field(
-        None, description="train adapters (LoRA, IA3) instead of the encoder's weights; docs/pretraining.md"
+        None, description="train adapters (LoRA, IA3) or virtual tokens (prompt, p- and prefix tuning) instead of the encoder's weights; docs/pretraining.md"
     )
     params: Any = None
 

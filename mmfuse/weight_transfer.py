@@ -20,6 +20,7 @@ from torch import nn
 
 from mmfuse.chain_config import InitFromConfig
 from mmfuse.engine.callbacks import Callback
+from mmfuse.peft_prompts import VIRTUAL_TOKENS_MODULE
 from mmfuse.recipe import Problem, RecipeError
 
 if TYPE_CHECKING:
@@ -167,8 +168,9 @@ def _in_target(key: str, target_state: Mapping[str, torch.Tensor]) -> str:
 
 
 def _is_adapter(key: str) -> bool:
-    """A peft adapter weight: it starts fresh by design, so it is not 'missing in the source'."""
-    return any(part.startswith(("lora_", "ia3_")) for part in key.split("."))
+    """A peft adapter weight or virtual token: it starts fresh by design, so it is not 'missing in
+    the source'."""
+    return any(part.startswith(("lora_", "ia3_")) or part == VIRTUAL_TOKENS_MODULE for part in key.split("."))
 
 
 class InitFrom(Callback):

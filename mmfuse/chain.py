@@ -107,6 +107,7 @@ def load_chain(path: str | Path, overrides: Sequence[str] = (), registry: Regist
         if recipe is not None:
             stages.append(ChainStage(stage, recipe))
             problems += _check_init_from(stage, index, stages, recipe, source, at)
+            problems += _check_teacher_from(stage, stages, recipe, source, at)
     if problems:
         raise RecipeError(problems, str(path))
     return Chain(spec=spec, stages=stages, file=path, raw=raw)
@@ -156,6 +157,46 @@ def _check_init_from(
                 problems.append(Problem(f"stages.{stage.name}.init_from.map.{source_prefix}",
                                         f"'{prefix}' is not a module of {side}; its modules: {', '.join(known)}", line, where))
     return problems
+
+
+def _taught_tasks(recipe: Recipe) -> list[str]:
+    """The tasks of ``recipe`` that take a teacher run (their config has a ``teacher`` key)."""
+    return [name for name, slot in recipe.tasks.items() if "teacher" in type(slot.params).model_fields]
+
+
+def _check_teacher_from(
+    stage: StageSpec, earlier: list[ChainStage], recipe: Recipe, source: RecipeSource, at: tuple[str, ...]
+) -> list[Problem]:
+    """``teacher_from`` names an earlier stage, and the stage has a task that takes a teacher and
+    does not name one itself."""
+    if stage.teacher_from is None:
+        return []
+    line, where = source.locate(at + ("teacher_from",))
+    key = f"stages.{stage.name}.teacher_from"
+    if stage.teacher_from not in [s.spec.name for s in earlier[:-1]]:
+        return [Problem(key, f"'{stage.teacher_from}' is not an earlier stage", line, where)]
+    taught = _taught_tasks(recipe)
+    if not taught:
+        return [Problem(key, "this stage has no task that takes a teacher (e.g. type: distillation)", line, where)]
+    named = [name for name in taught if getattr(recipe.tasks[name].params, "teacher", None) is not None]
+    if named:
+        return [Problem(key, f"tasks {named} name a 'teacher' already; remove it or teacher_from", line, where)]
+    return []
+
+
+def _with_teacher(recipe: Recipe, teacher: Path, stage: str) -> Recipe:
+    """``recipe`` with ``teacher`` set on every task that takes one (checked now that it is trained)."""
+    taught = recipe.model_copy(deep=True)
+    problems = []
+    for name in _taught_tasks(taught):
+        slot = taught.tasks[name]
+        try:
+            slot.params = type(slot.params).model_validate({**slot.params.model_dump(), "teacher": str(teacher)})
+        except ValidationError as exc:
+            problems += pydantic_problems(exc, ("stages", stage, "tasks", name), RecipeSource(file=None), type(slot.params))
+    if problems:
+        raise RecipeError(problems)
+    return taught
 
 
 def new_chain_dir(chain: Chain) -> Path:
@@ -225,12 +266,15 @@ def run_chain(
             init = stage.spec.init_from
             source = stage_dirs.get(init.source) or _relative_source(init.source, chain.file)
             extra.insert(0, InitFrom(init, source))
+        recipe = stage.recipe
+        if stage.spec.teacher_from is not None:
+            recipe = _with_teacher(recipe, stage_dirs[stage.spec.teacher_from], name)
         resuming = _has_checkpoint(stage_dir)
         log(f"chain: stage '{name}' {'resumes from its last checkpoint' if resuming else 'starts'} in {stage_dir}")
         states[name] = "running"
         _write_state(chain_dir, states)
         outcomes[name] = train(
-            stage.recipe, run_dir=stage_dir, resume=stage_dir if resuming else None, registry=registry, callbacks=extra
+            recipe, run_dir=stage_dir, resume=stage_dir if resuming else None, registry=registry, callbacks=extra
         )
         reason = outcomes[name].fit.stop_reason
         states[name] = "done" if reason in FINISHED else "stopped"

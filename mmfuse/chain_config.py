@@ -15,6 +15,9 @@ A chain file::
         init_from:
           source: pretrain           # an earlier stage's name, or a run / model folder
           map: {encoders.text: encoders.text, encoders.image: encoders.image}
+      - name: distil
+        recipe: student.yaml         # a distillation task without 'teacher'
+        teacher_from: finetune       # an earlier stage's model is its teacher
 
 Every stage is an ordinary recipe trained by :func:`mmfuse.run.train` into its own run folder
 ``<chain folder>/<stage name>``.
@@ -89,6 +92,9 @@ class StageSpec(_Strict):
     recipe: str | dict[str, Any] = Field(..., description="recipe file (relative to the chain file) or an inline recipe")
     overrides: list[str] = Field(default_factory=list, description="dotted overrides applied to this stage's recipe")
     init_from: InitFromConfig | None = None
+    teacher_from: str | None = Field(
+        None, description="an earlier stage whose trained model becomes the 'teacher' of this stage's distillation task(s)"
+    )
 
     @field_validator("name")
     @classmethod

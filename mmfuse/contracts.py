@@ -6,6 +6,7 @@ Batch layout produced by the data pipeline and consumed by :class:`mmfuse.model.
       "inputs":  {encoder_name: {tensor_name: Tensor[B, ...]}},   # from Preprocessor.collate
       "present": {encoder_name: BoolTensor[B]},                   # False where the sample lacks it
       "targets": {task_name: Tensor[B, ...]},                     # from Task.collate_targets
+                                       # (a dict for a task with extra inputs, see Task.extra_inputs)
       "skipped": int,            # optional: samples dropped from this batch (data.on_bad_sample: skip)
     }
 
@@ -24,6 +25,7 @@ from torch import Tensor, nn
 
 __all__ = [
     "EncoderOutput",
+    "ExtraInput",
     "SampleError",
     "Preprocessor",
     "Encoder",
@@ -49,6 +51,15 @@ class EncoderOutput:
     mask: Tensor
     pooled: Tensor
     extras: dict[str, Tensor] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ExtraInput:
+    """An input a task reads besides the model's encoders: the manifest column it comes from and
+    the preprocessor that turns a raw value of it into tensors (see :meth:`Task.extra_inputs`)."""
+
+    column: str
+    preprocessor: "Preprocessor"
 
 
 class SampleError(ValueError):
@@ -237,6 +248,19 @@ class Task(nn.Module):
         means). The Trainer runs them after the recipe's and the caller's callbacks, on every rank.
         Default: none."""
         return []
+
+    def extra_inputs(self) -> dict[str, ExtraInput]:
+        """Inputs this task needs from the raw rows besides the model's encoders, by name (a
+        distillation task's teacher reads columns the student has no encoder for). Default: none.
+
+        The data pipeline preprocesses them from the same rows, in the DataLoader workers, through
+        the preprocessed-sample cache when it is on, never augmented; a missing value is absent
+        (``present`` False), as for an encoder. The task then receives as targets (in ``loss``
+        and ``update_metrics``) the dict ``{"target": collate_targets(...) or None (without
+        needs_target), "inputs": {name: tensors}, "present": {name: BoolTensor[B]}}``. Return
+        the same preprocessor objects on every call. Prediction never builds extra inputs: a
+        model must predict without them."""
+        return {}
 
     def export_assets(self, folder: str) -> dict[str, Any]:
         """Like :meth:`Encoder.export_assets`, for a task that wraps a pretrained model (a causal

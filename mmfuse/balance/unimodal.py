@@ -216,6 +216,11 @@ def build_unimodal_heads(
                 f"tasks.{name}.unimodal_aux: task type '{slot.type}' has no target column, so there is "
                 "nothing for a per-modality head to predict; remove unimodal_aux from this task"
             )
+        if tasks[name].extra_inputs():
+            raise ValueError(
+                f"tasks.{name}.unimodal_aux: the task reads inputs of its own (a distillation teacher), "
+                "which a per-modality head would not get; remove unimodal_aux from this task"
+            )
         spec = registry.get("task", slot.type)
         heads[name] = {
             encoder: spec.build(slot.params, fused_dim=dim, encoder_dims=dict(input_dims))

@@ -11,7 +11,7 @@ HELP = "train the stages of a chain file in order (pre-train, then fine-tune); -
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("chain", help="chain YAML file (name, output_dir, stages: [{name, recipe, overrides, init_from}])")
+    parser.add_argument("chain", help="chain YAML file (name, output_dir, stages: [{name, recipe, overrides, init_from, teacher_from}])")
     parser.add_argument(
         "overrides", nargs="*", metavar="stage.key=value", help="overrides of one stage's recipe, e.g. finetune.trainer.epochs=3"
     )

@@ -1,6 +1,7 @@
 """Collate :class:`~mmfuse.data.dataset.Sample` items into the batch layout of
 :mod:`mmfuse.contracts`: padded inputs per encoder, presence masks, stacked targets, and the
-count of skipped rows. ``"index"`` holds the dataset positions of the rows in the batch (a key
+count of skipped rows. A task with extra inputs (``Task.extra_inputs``) gets them collated the
+same way, inside its targets entry. ``"index"`` holds the dataset positions of the rows in the batch (a key
 the model ignores; predictions use it to match rows)."""
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ class BatchCollator:
     def __init__(self, preprocessors: Mapping[str, Preprocessor], tasks: Mapping[str, Task]) -> None:
         self.preprocessors = dict(preprocessors)
         self.tasks = {name: task for name, task in tasks.items() if task.needs_target}
+        self.extra_inputs = {name: specs for name, task in tasks.items() if (specs := task.extra_inputs())}
         # tasks that change the batch themselves (self-supervised masking, Task.prepare_batch)
         self.batch_preparers = {
             name: task for name, task in tasks.items() if type(task).prepare_batch is not Task.prepare_batch
@@ -45,10 +47,12 @@ class BatchCollator:
             if keys is not None:  # per-sample keys for the frozen-encoder feature cache
                 sample_keys[name] = keys
             present[name] = torch.tensor([value is not None for value in values], dtype=torch.bool)
-        targets = {
+        targets: dict[str, Any] = {
             name: task.collate_targets([sample.targets[name] for sample in samples])
             for name, task in self.tasks.items()
         }
+        for name, specs in self.extra_inputs.items():
+            targets[name] = {"target": targets.get(name), **self._collate_extra(name, specs, samples)}
         index = torch.tensor([sample.index for sample in samples], dtype=torch.long)
         batch = {"inputs": inputs, "present": present, "targets": targets, "skipped": skipped, "index": index}
         for name, task in self.batch_preparers.items():
@@ -56,3 +60,13 @@ class BatchCollator:
         if sample_keys and not self.batch_preparers:  # a task that edits inputs makes stored features stale
             batch["sample_keys"] = sample_keys
         return batch
+
+    @staticmethod
+    def _collate_extra(task: str, specs: Mapping[str, Any], samples: Sequence[Sample]) -> dict[str, Any]:
+        """A task's extra inputs -> ``{"inputs": {name: tensors}, "present": {name: mask}}``."""
+        inputs, present = {}, {}
+        for name, spec in specs.items():
+            values, _ = split_sample_keys([sample.task_inputs.get(task, {}).get(name) for sample in samples])
+            inputs[name] = spec.preprocessor.collate(values)
+            present[name] = torch.tensor([value is not None for value in values], dtype=torch.bool)
+        return {"inputs": inputs, "present": present}

@@ -11,13 +11,13 @@ its batch's ``"skipped"``.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal, Mapping
 
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from mmfuse.contracts import Preprocessor, SampleError, Task
+from mmfuse.contracts import ExtraInput, Preprocessor, SampleError, Task
 from mmfuse.data.augmentation import augment_inputs
 from mmfuse.data.errors import DataError
 from mmfuse.data.manifest import Manifest, Row
@@ -37,11 +37,13 @@ _LOGGED_SKIPS = 5
 
 @dataclass
 class Sample:
-    """One preprocessed row: ``inputs[encoder]`` is None where the row lacks that modality."""
+    """One preprocessed row: ``inputs[encoder]`` is None where the row lacks that modality;
+    ``task_inputs[task][name]`` likewise for the inputs a task reads (``Task.extra_inputs``)."""
 
     inputs: dict[str, dict[str, Tensor] | None]
     targets: dict[str, Tensor]
     index: int = -1  # position in the dataset, so predictions can be matched back to rows
+    task_inputs: dict[str, dict[str, dict[str, Tensor] | None]] = field(default_factory=dict)
 
 
 @dataclass
@@ -61,17 +63,21 @@ class ManifestDataset(Dataset):
         columns: Mapping[str, str],
         preprocessors: Mapping[str, Preprocessor],
         targets: Mapping[str, tuple[str, Task]] | None = None,
+        extra_inputs: Mapping[str, Mapping[str, ExtraInput]] | None = None,
         on_bad_sample: Literal["error", "skip"] = "error",
         check_files: bool = True,
         check_columns: bool = True,
     ) -> None:
-        """``columns``: encoder -> manifest column; ``targets``: task -> (column, task).
+        """``columns``: encoder -> manifest column; ``targets``: task -> (column, task);
+        ``extra_inputs``: task -> its ``Task.extra_inputs()`` (a row must have one of each task's
+        columns, as a model's own prediction needs one of its input columns).
 
         ``check_columns``: an input column that no row has is an error (a typo, or an encoder that
         would never train); off for evaluation / prediction files, which may lack a modality."""
         self.manifest = manifest
         self.columns = dict(columns)
         self.preprocessors = dict(preprocessors)
+        self.extra_inputs = {task: dict(specs) for task, specs in (extra_inputs or {}).items() if specs}
         self.on_bad_sample = on_bad_sample
         self._target_columns = {name: column for name, (column, _) in (targets or {}).items()}
         self._skip_reasons: dict[int, str] = {}
@@ -98,17 +104,24 @@ class ManifestDataset(Dataset):
             return Skipped(reason)
         row = self.manifest.rows[index]
         inputs: dict[str, dict[str, Tensor] | None] = {}
-        for name, column in self.columns.items():
-            try:
-                inputs[name] = self._preprocess(name, row, column)
-            except DataError as error:
-                if self.on_bad_sample == "error":
-                    raise
-                self._log_skip(error)
-                return Skipped(str(error))
+        task_inputs: dict[str, dict[str, dict[str, Tensor] | None]] = {}
+        try:
+            for name, column in self.columns.items():
+                inputs[name] = self._preprocess(name, self.preprocessors[name], row, column)
+            for task, specs in self.extra_inputs.items():
+                # cached under the task's namespace: a teacher's 'text' is not the student's 'text'
+                task_inputs[task] = {
+                    name: self._preprocess(f"{task}.{name}", spec.preprocessor, row, spec.column)
+                    for name, spec in specs.items()
+                }
+        except DataError as error:
+            if self.on_bad_sample == "error":
+                raise
+            self._log_skip(error)
+            return Skipped(str(error))
         if self.augmentation_seed is not None:  # after the deterministic (cacheable) preprocessing
             inputs = augment_inputs(inputs, self.preprocessors, index, self.augmentation_seed)
-        return Sample(inputs=inputs, targets=self._targets[index], index=int(index))
+        return Sample(inputs=inputs, targets=self._targets[index], index=int(index), task_inputs=task_inputs)
 
     def distinct_values(self) -> dict[str, int]:
         """Encoder -> how many distinct values its column holds (what a full cache stores)."""
@@ -122,11 +135,10 @@ class ManifestDataset(Dataset):
 
     # ------------------------------------------------------------------ reading one value
 
-    def _preprocess(self, name: str, row: Row, column: str) -> dict[str, Tensor] | None:
+    def _preprocess(self, name: str, preprocessor: Preprocessor, row: Row, column: str) -> dict[str, Tensor] | None:
         value = row.values.get(column)
         if value is None:
             return None
-        preprocessor = self.preprocessors[name]
         if preprocessor.reads_files and isinstance(value, str):
             path = self.manifest.resolve(value)
             if not path.is_file():
@@ -184,17 +196,25 @@ class ManifestDataset(Dataset):
 
     def _check_rows(self, check_files: bool) -> list[tuple[int, DataError]]:
         problems: list[tuple[int, DataError]] = []
-        file_columns = {
-            name: column for name, column in self.columns.items() if self.preprocessors[name].reads_files
+        file_columns = {column for name, column in self.columns.items() if self.preprocessors[name].reads_files}
+        file_columns |= {
+            spec.column for specs in self.extra_inputs.values() for spec in specs.values() if spec.preprocessor.reads_files
         }
+        extra_columns = {task: sorted({spec.column for spec in specs.values()}) for task, specs in self.extra_inputs.items()}
         for index, row in enumerate(self.manifest.rows):
             if all(row.values.get(column) is None for column in self.columns.values()):
                 columns = sorted(set(self.columns.values()))
                 problems.append((index, self._error(row, None, f"row has none of the input columns {columns}")))
                 continue
+            lacking = [task for task, columns in extra_columns.items() if all(row.values.get(c) is None for c in columns)]
+            if lacking:
+                task = lacking[0]
+                reason = f"row has none of the columns {extra_columns[task]} that task '{task}' reads"
+                problems.append((index, self._error(row, None, reason)))
+                continue
             if not check_files:
                 continue
-            for column in file_columns.values():
+            for column in sorted(file_columns):
                 value = row.values.get(column)
                 if isinstance(value, str) and not self.manifest.resolve(value).is_file():
                     problems.append((index, self._error(row, column, _not_a_file(self.manifest.resolve(value)))))
@@ -246,6 +266,7 @@ def build_dataset(
         columns={name: recipe.column_of(name) for name in model.encoders},
         preprocessors=preprocessors,
         targets=targets,
+        extra_inputs={name: task.extra_inputs() for name, task in model.tasks.items()},
         on_bad_sample=recipe.data.on_bad_sample,
         check_files=recipe.data.check_files,
         check_columns=training,

@@ -14,6 +14,7 @@ from mmfuse.hookspecs import hookimpl
 from mmfuse.recipe_references import EncoderName
 from mmfuse_plugins.tasks.vocabulary import Label, check_vocabulary, sorted_labels
 from mmfuse_plugins.tasks.self_supervised import MaskedLMConfig
+from mmfuse_plugins.tasks.teacher_folder import class_order, model_folder_of, read_teacher_folder
 from mmfuse_plugins.tasks.text_configs import ExtractiveQAConfig, GenerationConfig, TokenClassificationConfig
 
 __all__ = [
@@ -188,17 +189,65 @@ class DistillationConfig(BaseModel):
     )
     hidden_dim: int | None = Field(None, gt=0, description="optional hidden layer in the student head")
     dropout: float = Field(0.0, ge=0, lt=1)
+    teacher: str | None = Field(
+        None,
+        description="run folder or model folder of a trained model whose logits are the soft targets, computed "
+        "in each step (frozen); ./ and ../ are relative to the recipe file. Default: logits stored in the target column",
+    )
+    teacher_task: str | None = Field(
+        None, description="the teacher's classifying task to distil; default: its only one"
+    )
+    distilled_from: str | None = Field(
+        None,
+        description="written into a saved student in place of 'teacher' (for the record): the student stands "
+        "alone, and its target column holds hard labels (evaluated by cross-entropy and accuracy)",
+    )
+
+    @field_validator("teacher")
+    @classmethod
+    def _teacher_is_a_model_folder(cls, value: str | None) -> str | None:
+        # absolute, so the run's resolved recipe (and a resume) finds it from any folder
+        return None if value is None else str(model_folder_of(value).resolve())
 
     @model_validator(mode="after")
     def _check(self) -> "DistillationConfig":
         check_vocabulary("distillation", self.labels, 2, "", None)
         if self.labels is not None and self.num_classes is not None and self.num_classes != len(self.labels):
             raise ValueError(f"num_classes ({self.num_classes}) != number of labels ({len(self.labels)})")
+        if self.teacher is not None and self.distilled_from is not None:
+            raise ValueError("distilled_from describes a saved student and excludes 'teacher': remove one of them")
+        if self.teacher is None:
+            if self.teacher_task is not None:
+                raise ValueError("teacher_task is set but 'teacher' is not: give the teacher's run or model folder")
+            return self
+        teacher = read_teacher_folder(self.teacher, self.teacher_task)
+        self.teacher_task = teacher.task
+        if self.classes is not None and self.classes != teacher.num_classes:
+            key = "labels" if self.labels is not None else "num_classes"
+            raise ValueError(
+                f"{key}: the student has {self.classes} classes, the teacher's task '{teacher.task}' "
+                f"({teacher.model_dir}) has {teacher.num_classes}; leave '{key}' out to take the teacher's"
+            )
+        class_order(self.labels, teacher)  # the same classes by name, when both sides name them
+        if self.labels is None and teacher.labels is not None:
+            self.labels = list(teacher.labels)
+        elif self.classes is None:
+            self.num_classes = teacher.num_classes
         return self
 
     @property
     def classes(self) -> int | None:
         return len(self.labels) if self.labels is not None else self.num_classes
+
+    @property
+    def stratify_split(self) -> bool:
+        """Whether the target column can stratify a split: not when the teacher gives every target."""
+        return self.teacher is None or self.alpha < 1
+
+    @property
+    def hard_label_targets(self) -> bool:
+        """Whether the target column holds hard labels (a teacher folder, or a saved student)."""
+        return self.teacher is not None or self.distilled_from is not None
 
     def conformance_targets(self) -> list[Any]:
         """Sample targets for mmfuse.testing: teacher logits, with and without a hard label."""
@@ -212,7 +261,10 @@ class DistillationConfig(BaseModel):
         ]
 
     def fit_targets(self, values: list[Any]) -> "DistillationConfig":
-        """Take the number of classes from the teacher logits of the training targets."""
+        """Take the number of classes from the teacher logits of the training targets (with a
+        teacher folder, the classes are the teacher's, and the target column holds hard labels)."""
+        if self.hard_label_targets:
+            return self
         targets = [parse_teacher_target(v) for v in values if v is not None]
         lengths = {len(target.logits) for target in targets}
         if len(lengths) > 1:

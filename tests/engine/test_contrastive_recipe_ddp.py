@@ -10,10 +10,6 @@ negatives gather with no rows of its own.
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -21,8 +17,8 @@ import pytest
 from mmfuse.engine.checkpoint import find_resumable
 from mmfuse.testing.media import write_png
 from mmfuse.testing.tiny_models import save_tiny_bert, save_tiny_timm
+from tests.engine.torchrun import REPO, train_under_torchrun
 
-REPO = Path(__file__).resolve().parents[2]
 WORDS = ["cat", "dog", "bird", "tree", "car", "boat"]
 
 
@@ -34,16 +30,6 @@ def write_pairs(folder: Path, split: str, rows: int, offset: int) -> None:
     (folder / f"{split}.jsonl").write_text("\n".join(lines) + "\n")
 
 
-def stop_launch(process: subprocess.Popen) -> None:
-    """torchrun forwards SIGTERM to its workers and waits for them; then kill whatever is left."""
-    os.killpg(process.pid, signal.SIGTERM)
-    try:
-        process.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
-
-
 @pytest.mark.slow
 def test_the_shipped_contrastive_recipe_trains_under_torchrun(tmp_path):
     write_pairs(tmp_path / "data", "train", 16, 0)
@@ -51,26 +37,13 @@ def test_the_shipped_contrastive_recipe_trains_under_torchrun(tmp_path):
     bert = save_tiny_bert(tmp_path / "models" / "bert")
     vit = save_tiny_timm(tmp_path / "models" / "vit", "test_vit", image_size=32)
     run_dir = tmp_path / "run"
-    command = [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-        "-m", "mmfuse", "train", str(REPO / "recipes" / "contrastive_text_image.yaml"),
+    output = train_under_torchrun([
+        str(REPO / "recipes" / "contrastive_text_image.yaml"),
         f"data.train={tmp_path / 'data' / 'train.jsonl'}", f"data.val={tmp_path / 'data' / 'val.jsonl'}",
         "data.batch_size=4", "data.eval_batch_size=2", "data.num_workers=0",
         f"encoders.text.model={bert}", "encoders.text.max_length=8", f"encoders.image.model=local-dir:{vit}",
         "trainer.epochs=2", "trainer.device=cpu", "--run-dir", str(run_dir),
-    ]
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    log = tmp_path / "torchrun.log"
-    with open(log, "w") as handle:  # a file, not a pipe: a hung worker cannot block the read
-        process = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=handle, stderr=subprocess.STDOUT,
-                                   start_new_session=True)
-        try:
-            process.wait(timeout=300)
-        except subprocess.TimeoutExpired:
-            stop_launch(process)
-            pytest.fail(f"torchrun hung; output:\n{log.read_text()[-4000:]}")
-    output = log.read_text()
-    assert process.returncode == 0, output[-6000:]
+    ], cwd=tmp_path)
     assert "fusion: no task reads it, so it is not trained" in output
     rows = (run_dir / "metrics.csv").read_text().splitlines()
     assert len(rows) == 3 and "val/align/recall@1" in rows[0]

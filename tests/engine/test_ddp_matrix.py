@@ -21,7 +21,7 @@ import pytest
 import torch
 
 from tests.engine.ddp_matrix import CASES, fit_case, summary
-from tests.engine.test_contrastive_recipe_ddp import stop_launch
+from tests.engine.torchrun import stop_launch
 
 REPO = Path(__file__).resolve().parents[2]
 #: generous for 2 busy cores; a hang in a collective is what it catches

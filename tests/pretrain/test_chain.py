@@ -203,4 +203,5 @@ def test_shipped_chain_validates_and_names_its_command(path):
     assert first == f"# Run: mmfuse chain recipes/chains/{path.name}"
     chain = load_chain(path)
     assert len(chain.stages) >= 2 and all(s.recipe.data.train for s in chain.stages)
-    assert any(s.spec.init_from is not None for s in chain.stages[1:])
+    # a later stage starts from an earlier one's weights, or learns from its model as a teacher
+    assert any(s.spec.init_from is not None or s.spec.teacher_from is not None for s in chain.stages[1:])

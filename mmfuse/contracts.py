@@ -239,7 +239,9 @@ class Task(nn.Module):
         """Change a collated training or evaluation batch in place before the model sees it
         (CPU, in DataLoader workers; never at prediction): a self-supervised task masks an
         encoder's inputs here and puts its own targets in ``batch["targets"][name]``. Every task
-        sees the changed inputs. Default: nothing."""
+        sees the changed inputs. ``batch["index"]`` (dataset positions) and ``batch["epoch"]``
+        let it seed its randomness per sample, so that masks do not depend on the process, the
+        worker or a resume. Default: nothing."""
 
     def training_callbacks(self, name: str) -> list[Any]:
         """Engine callbacks (:class:`mmfuse.engine.callbacks.Callback`) this task needs while a

@@ -15,9 +15,9 @@ from mmfuse.plugin_host import load_registry
 from mmfuse.recipe import parse_recipe
 from mmfuse.testing import parametrize_components
 
-#: tasks whose head comes from a bound encoder's own library (Task.bind_encoders), which random
-#: pooled features cannot stand in for; tests/pretrain/ checks them against that library
-BOUND_TO_AN_ENCODER = {"mmfuse/masked_lm"}
+#: tasks whose head comes from a bound encoder (Task.bind_encoders: its library, its input
+#: layout), which random pooled features cannot stand in for; tests/pretrain/ checks them
+BOUND_TO_AN_ENCODER = {"mmfuse/masked_lm", "mmfuse/masked_features"}
 #: tasks that need a real text encoder's offsets or a causal LM folder: tests/text_tasks/ covers them
 #: (missing modalities included) on tiny local models; test_conformance_builtins runs generation
 TEXT_TASKS = {"mmfuse/extractive_qa", "mmfuse/token_classification", "mmfuse/generation"}

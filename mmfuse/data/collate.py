@@ -2,7 +2,9 @@
 :mod:`mmfuse.contracts`: padded inputs per encoder, presence masks, stacked targets, and the
 count of skipped rows. A task with extra inputs (``Task.extra_inputs``) gets them collated the
 same way, inside its targets entry. ``"index"`` holds the dataset positions of the rows in the batch (a key
-the model ignores; predictions use it to match rows)."""
+the model ignores; predictions use it to match rows) and ``"epoch"`` the training epoch they were
+drawn for (0 outside training): with them a ``Task.prepare_batch`` seeds its random masks per
+sample, independently of process, worker and resume point."""
 
 from __future__ import annotations
 
@@ -53,8 +55,9 @@ class BatchCollator:
         }
         for name, specs in self.extra_inputs.items():
             targets[name] = {"target": targets.get(name), **self._collate_extra(name, specs, samples)}
-        index = torch.tensor([sample.index for sample in samples], dtype=torch.long)
-        batch = {"inputs": inputs, "present": present, "targets": targets, "skipped": skipped, "index": index}
+        index = torch.tensor([int(sample.index) for sample in samples], dtype=torch.long)
+        epoch = getattr(samples[0].index, "epoch", 0)  # a SampleIndex from the engine's sampler
+        batch = {"inputs": inputs, "present": present, "targets": targets, "skipped": skipped, "index": index, "epoch": epoch}
         for name, task in self.batch_preparers.items():
             task.prepare_batch(name, batch)
         if sample_keys and not self.batch_preparers:  # a task that edits inputs makes stored features stale

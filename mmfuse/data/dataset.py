@@ -18,7 +18,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from mmfuse.contracts import ExtraInput, Preprocessor, SampleError, Task
-from mmfuse.data.augmentation import augment_inputs
+from mmfuse.data.augmentation import SampleIndex, augment_inputs
 from mmfuse.data.errors import DataError
 from mmfuse.data.manifest import Manifest, Row
 
@@ -121,7 +121,9 @@ class ManifestDataset(Dataset):
             return Skipped(str(error))
         if self.augmentation_seed is not None:  # after the deterministic (cacheable) preprocessing
             inputs = augment_inputs(inputs, self.preprocessors, index, self.augmentation_seed)
-        return Sample(inputs=inputs, targets=self._targets[index], index=int(index), task_inputs=task_inputs)
+        # a SampleIndex keeps its epoch (the collate function passes it on for per-sample masking)
+        position = index if isinstance(index, SampleIndex) else int(index)
+        return Sample(inputs=inputs, targets=self._targets[index], index=position, task_inputs=task_inputs)
 
     def distinct_values(self) -> dict[str, int]:
         """Encoder -> how many distinct values its column holds (what a full cache stores)."""

@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from mmfuse.hookspecs import hookimpl
 from mmfuse.recipe_references import EncoderName
 from mmfuse_plugins.tasks.vocabulary import Label, check_vocabulary, sorted_labels
-from mmfuse_plugins.tasks.self_supervised import MaskedLMConfig
+from mmfuse_plugins.tasks.self_supervised import MaskedFeaturesConfig, MaskedLMConfig
 from mmfuse_plugins.tasks.teacher_folder import class_order, model_folder_of, read_teacher_folder
 from mmfuse_plugins.tasks.text_configs import ExtractiveQAConfig, GenerationConfig, TokenClassificationConfig
 
@@ -362,6 +362,12 @@ def mmfuse_register_tasks(register) -> None:
         config=MaskedLMConfig,
         description="self-supervised masked language modelling on a text_hf encoder (library MLM head and masking)",
         aliases=("mlm",),
+    )
+    register(
+        "mmfuse/masked_features",
+        builder="mmfuse_plugins.tasks.masked_features:build_masked_features",
+        config=MaskedFeaturesConfig,
+        description="self-supervised masked-feature reconstruction on an image, audio or video encoder (MaskFeat-style)",
     )
     register(
         "mmfuse/extractive_qa",

@@ -167,6 +167,10 @@ def build_fused_model(recipe: Recipe, registry: Registry | None = None) -> Fused
         encoder = registry.get("encoder", slot.type).build(slot.params)
         _check_component(encoder, Encoder, f"encoders.{name}", slot.type)
         set_trainable(encoder, freeze=slot.freeze, trainable_layers=slot.trainable_layers)
+        if slot.gradient_checkpointing:
+            from mmfuse.acceleration.checkpointing import enable_gradient_checkpointing
+
+            enable_gradient_checkpointing(encoder, f"encoders.{name}.gradient_checkpointing")
         if slot.peft is not None:  # adapters (peft library); freezes the encoder's own weights
             from mmfuse.peft_adapters import add_adapters
 

@@ -9,6 +9,7 @@ from the registry: ``mmfuse validate`` checks a plugin's parameters too. Imports
 from __future__ import annotations
 
 import re
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,7 @@ __all__ = [
     "TaskSlot",
     "CallbackSlot",
     "Recipe",
+    "TrainerCheckpointingDeprecation",
     "load_recipe",
     "parse_recipe",
     "apply_overrides",
@@ -59,6 +61,9 @@ class EncoderSlot(_Strict):
     weight_decay: float | None = Field(None, ge=0, description="default: optimizer.weight_decay")
     peft: PeftSettings | None = Field(
         None, description="train adapters (LoRA, IA3) or virtual tokens (prompt, p- and prefix tuning) instead of the encoder's weights; docs/pretraining.md"
+    )
+    gradient_checkpointing: bool = Field(
+        False, description="recompute the encoder's activations in the backward pass: less memory, more compute"
     )
     params: Any = None
 
@@ -341,7 +346,7 @@ def parse_recipe(
         problems += _cross_reference_problems(top, slots, source, registry)
     if problems or top is None:
         raise RecipeError(problems, source.file)
-    return Recipe(
+    recipe = Recipe(
         name=top.name,
         seed=top.seed,
         data=top.data,
@@ -354,6 +359,30 @@ def parse_recipe(
         callbacks=slots["callbacks"],
         output_dir=top.output_dir,
         source_path=Path(file) if file else None,
+    )
+    _move_trainer_checkpointing(recipe)
+    return recipe
+
+
+class TrainerCheckpointingDeprecation(FutureWarning):
+    """``trainer.gradient_checkpointing: [names]`` is read as ``encoders.<name>.gradient_checkpointing: true``."""
+
+
+def _move_trainer_checkpointing(recipe: Recipe) -> None:
+    """The deprecated trainer list becomes the encoders' own key (names were checked above), so the
+    resolved recipe a run saves holds the new form."""
+    names = list(recipe.trainer.gradient_checkpointing)
+    if not names:
+        return
+    for name in names:
+        recipe.encoders[name].gradient_checkpointing = True
+    recipe.trainer.gradient_checkpointing = []
+    keys = ", ".join(f"encoders.{name}.gradient_checkpointing: true" for name in names)
+    warnings.warn(
+        f"trainer.gradient_checkpointing is deprecated; it was read as {keys}. Write that instead "
+        "(the list will be removed in a later version; docs/performance.md)",
+        TrainerCheckpointingDeprecation,
+        stacklevel=3,
     )
 
 

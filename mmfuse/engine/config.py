@@ -143,8 +143,9 @@ class TrainerConfig(_Section):
     compile_options: dict[str, Any] = Field(
         default_factory=dict, description="keyword arguments of torch.compile, e.g. {backend: inductor, mode: max-autotune}"
     )
-    gradient_checkpointing: list[str] = Field(
-        default_factory=list, description="encoders whose activations are recomputed in the backward pass (less memory)"
+    gradient_checkpointing: list[EncoderName] = Field(
+        default_factory=list,
+        description="deprecated: write encoders.<name>.gradient_checkpointing: true (a recipe's list is read as that)",
     )
     channels_last: bool = Field(False, description="convolutional encoders and their image inputs in the channels-last memory format")
     modality_lr: ModalityLRConfig | None = Field(

@@ -27,6 +27,10 @@ __all__ = ["EXACTNESS_KEYS", "ResumeSettingsWarning", "describe_run", "check_res
 EXACTNESS_KEYS = ("seed", "batch_size", "world_size", "grad_accum_steps", "shuffle", "drop_last", "train_rows", "encoders")
 
 
+#: encoder slot keys that change neither the data order nor the inputs
+_NOT_EXACTNESS = ("lr", "weight_decay", "gradient_checkpointing")
+
+
 def describe_run(
     *,
     seed: int,
@@ -39,13 +43,13 @@ def describe_run(
     scheduler: "SchedulerConfig | None",
 ) -> dict[str, Any]:
     """What a run is started with, as saved in its checkpoints. Encoder settings come from the
-    recipe (without their ``lr`` / ``weight_decay``); a run without a recipe has none."""
+    recipe (without their ``lr`` / ``weight_decay`` / ``gradient_checkpointing``); a run without a recipe has none."""
     from mmfuse.engine.config import OptimizerConfig, SchedulerConfig
 
     encoders: dict[str, Any] = {}
     if recipe is not None:
         for name, slot in recipe.to_dict()["encoders"].items():
-            encoders[name] = {key: value for key, value in slot.items() if key not in ("lr", "weight_decay")}
+            encoders[name] = {key: value for key, value in slot.items() if key not in _NOT_EXACTNESS}
     return {
         "seed": seed,
         "batch_size": data.batch_size,

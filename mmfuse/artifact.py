@@ -256,7 +256,16 @@ def load_model(
     """Rebuild the FusedModel of a model folder (or run folder) in eval mode on ``device``.
 
     Every file is checked against the manifest's digests first; any problem (a file missing,
-    altered, or extra under ``assets/``) is a ModelFolderError naming the file."""
+    altered, or extra under ``assets/``) is a ModelFolderError naming the file.
+
+    A sharded training checkpoint (``trainer.strategy: fsdp``), or a run folder that has sharded
+    checkpoints but no ``model/``, is consolidated into a whole model on this one process (see
+    :func:`_load_sharded_checkpoint`)."""
+    from mmfuse.engine.sharded_checkpoint import sharded_checkpoint_to_load
+
+    sharded = sharded_checkpoint_to_load(Path(path))
+    if sharded is not None:
+        return _load_sharded_checkpoint(sharded, registry, device)
     model_dir = resolve_model_dir(path)
     checked = _read_folder_manifest(model_dir)
     check_folder(model_dir, checked).raise_if_bad()
@@ -286,6 +295,34 @@ def load_model(
         load_state_strictly(model, read_state_dict(file, None, info["aliases"]), file)
     except WeightsError as exc:
         raise ModelFolderError(str(exc)) from exc
+    return model.to(device).eval(), recipe
+
+
+def _load_sharded_checkpoint(
+    checkpoint: Path, registry: Registry | None, device: str | torch.device
+) -> tuple[FusedModel, Recipe]:
+    """The model of a sharded checkpoint: rebuilt from its run folder's ``recipe.yaml`` (the
+    resolved recipe ``mmfuse train`` writes: labels and learned preprocessing included), its
+    weights consolidated from the shards by torch.distributed.checkpoint without a process group."""
+    from mmfuse.engine.checkpoint import CheckpointError
+    from mmfuse.engine.sharded_checkpoint import load_full_weights
+
+    recipe_file = checkpoint.parent.parent / RECIPE_FILE
+    if not recipe_file.is_file():
+        raise ModelFolderError(
+            f"{checkpoint} is a sharded training checkpoint; rebuilding its model needs the run folder's "
+            f"{RECIPE_FILE} ({recipe_file}), which is missing"
+        )
+    if registry is None:
+        from mmfuse.plugin_host import get_registry
+
+        registry = get_registry()
+    try:
+        recipe = parse_recipe(yaml.safe_load(recipe_file.read_text(encoding="utf-8")), registry, file=str(recipe_file))
+        model = build_fused_model(recipe, registry)
+        load_full_weights(checkpoint, model)
+    except (RecipeError, CheckpointError, ComponentLoadError, yaml.YAMLError) as exc:
+        raise ModelFolderError(f"cannot load the sharded checkpoint {checkpoint}: {exc}") from exc
     return model.to(device).eval(), recipe
 
 

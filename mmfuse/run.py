@@ -161,10 +161,11 @@ def train(
         return TrainOutcome(run_dir=run_dir, model_dir=None, fit=result, interrupted=interrupted)
     test_metrics = trainer.evaluate(prepared.test, prefix="test") if prepared.test is not None else {}
     model_dir = run_dir / MODEL_DIR
+    trained = trainer.full_model()  # under FSDP: gathered on rank 0 (a collective)
     if trainer.is_main:
         from mmfuse.balance.unimodal import for_saving
 
-        model_to_save, recipe_to_save = for_saving(prepared.model, recipe)  # aux heads: dropped unless kept
+        model_to_save, recipe_to_save = for_saving(trained, recipe)  # aux heads: dropped unless kept
         model_to_save, recipe_to_save = model_for_saving(model_to_save, recipe_to_save)  # merges peft adapters if asked
         save(model_to_save, model_dir, recipe_to_save, registry)
     trainer.context.barrier()

@@ -189,7 +189,8 @@ class ModalityDiagnostics(Callback):
             rank=trainer.context.rank, world_size=trainer.context.world_size, seed=trainer.seed,
         )
         context = trainer.context if trainer.context.is_distributed else None
-        self.report = modality_report(trainer.model, loader, trainer.device, trainer.autocast, context)
+        with trainer.evaluating():  # FSDP: ranks may hold different numbers of batches
+            self.report = modality_report(trainer.model, loader, trainer.device, trainer.autocast, context)
         if not trainer.is_main:
             return
         trainer.log(format_table(self.report))

@@ -10,6 +10,9 @@
   ``torch.load(weights_only=True)`` (nothing else is ever used to read it);
 - ``meta.json``: step, epoch, the weights' SHA-256 and the tied-weight aliases.
 
+``trainer.strategy: fsdp`` writes sharded checkpoints instead: ``shards/`` (model and optimizer,
+one file per rank) in place of ``model.safetensors``, see :mod:`mmfuse.engine.sharded_checkpoint`.
+
 Each checkpoint is written into a hidden temporary folder, every file is fsync'ed, then the folder
 is renamed into place and the parent fsync'ed: a crash leaves either the complete new checkpoint or
 none, and the previous ones stay loadable. A checkpoint that fails to load (truncated by a full
@@ -48,6 +51,7 @@ __all__ = [
 WEIGHTS_FILE = "model.safetensors"
 STATE_FILE = "state.pt"
 META_FILE = "meta.json"
+SHARDS_DIR = "shards"
 _PREFIX = "step-"
 
 
@@ -57,12 +61,14 @@ class CheckpointError(RuntimeError):
 
 @dataclass
 class Checkpoint:
-    """A checkpoint read back from disk (weights already verified)."""
+    """A checkpoint read back from disk (weights already verified). A sharded checkpoint's
+    weights stay in its ``shards/`` (``weights`` is empty, ``sharded`` True)."""
 
     path: Path
     weights: dict[str, torch.Tensor]
     state: dict[str, Any]
     meta: dict[str, Any]
+    sharded: bool = False
 
 
 def checkpoint_name(step: int) -> str:
@@ -109,18 +115,19 @@ def prune_checkpoints(folder: Path, keep_last: int, protect: set[str] = frozense
 def read_checkpoint(path: Path) -> Checkpoint:
     """Read and verify one checkpoint folder; raise CheckpointError naming what is wrong."""
     path = Path(path)
-    for name in (WEIGHTS_FILE, STATE_FILE, META_FILE):
+    sharded = (path / SHARDS_DIR).is_dir()
+    for name in (SHARDS_DIR + "/.metadata" if sharded else WEIGHTS_FILE, STATE_FILE, META_FILE):
         if not (path / name).is_file():
             raise CheckpointError(f"{path}: missing {name}")
     try:
         meta = json.loads((path / META_FILE).read_text(encoding="utf-8"))
-        weights = read_state_dict(path / WEIGHTS_FILE, meta.get("weights_sha256"), meta.get("aliases"))
+        weights = {} if sharded else read_state_dict(path / WEIGHTS_FILE, meta.get("weights_sha256"), meta.get("aliases"))
         state = torch.load(path / STATE_FILE, map_location="cpu", weights_only=True)
     except Exception as exc:  # any decoding error means the same thing: this checkpoint is unusable
         raise CheckpointError(f"{path}: unreadable ({type(exc).__name__}: {exc})") from exc
     if not isinstance(state, dict) or not isinstance(meta, dict):
         raise CheckpointError(f"{path}: {STATE_FILE} or {META_FILE} does not hold a mapping")
-    return Checkpoint(path, weights, state, meta)
+    return Checkpoint(path, weights, state, meta, sharded)
 
 
 def find_resumable(location: Path) -> Checkpoint:

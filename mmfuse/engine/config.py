@@ -16,6 +16,8 @@ __all__ = [
     "CheckpointConfig",
     "StageConfig",
     "TensorBoardConfig",
+    "FSDPMixedPrecisionConfig",
+    "FSDPConfig",
     "TrainerConfig",
 ]
 
@@ -97,6 +99,32 @@ class StageConfig(_Section):
         return self
 
 
+class FSDPMixedPrecisionConfig(_Section):
+    """FSDP2's ``MixedPrecisionPolicy``: the dtype parameters are all-gathered in and computed
+    with, and the dtype gradients are reduced in (null: the parameters' own, fp32)."""
+
+    param_dtype: Literal["fp32", "bf16", "fp16"] | None = Field(
+        None, description="dtype of the unsharded parameters in forward and backward"
+    )
+    reduce_dtype: Literal["fp32", "bf16", "fp16"] | None = Field(
+        None, description="dtype of the gradient reduce-scatter; default: param_dtype"
+    )
+
+
+class FSDPConfig(_Section):
+    """``trainer.strategy: fsdp``: how the fused model is sharded (FSDP2, ``fully_shard``)."""
+
+    wrap: list[Literal["encoders", "encoder_layers", "fusion"]] = Field(
+        default_factory=lambda: ["encoders"],
+        description="what gets its own fully_shard before the root fused model: 'encoders' (each "
+        "encoder), 'encoder_layers' (each encoder's layer groups, e.g. transformer blocks), 'fusion'",
+    )
+    reshard_after_forward: bool = Field(
+        True, description="free the gathered parameters after forward (less memory, one more all-gather in backward)"
+    )
+    mixed_precision: FSDPMixedPrecisionConfig | None = None
+
+
 class TrainerConfig(_Section):
     epochs: int = Field(1, ge=1)
     max_steps: int | None = Field(None, gt=0)
@@ -133,6 +161,11 @@ class TrainerConfig(_Section):
     slow_step_factor: float | None = Field(
         5.0, gt=1, description="warn when steps become this many times slower than the first ones; null: never"
     )
+    strategy: Literal["ddp", "fsdp"] = Field(
+        "ddp", description="under torchrun: 'ddp' replicates the model on every process, 'fsdp' shards "
+        "parameters, gradients and optimizer state over them (FSDP2; see docs/distributed.md)",
+    )
+    fsdp: FSDPConfig = Field(default_factory=FSDPConfig, description="sharding settings of strategy fsdp")
     find_unused_parameters: bool = Field(
         False, description="DDP: set when some parameters get no gradient in a step (a modality absent from a batch)"
     )
@@ -154,3 +187,27 @@ class TrainerConfig(_Section):
     modality_diagnostics: bool = Field(
         True, description="per-modality table and modalities.json at the end of a multimodal fit"
     )
+
+    @model_validator(mode="after")
+    def _fsdp_combinations(self) -> "TrainerConfig":
+        if self.strategy != "fsdp":
+            if self.fsdp != FSDPConfig():  # a resolved recipe lists the defaults: those are fine
+                raise ValueError("trainer.fsdp is set but trainer.strategy is 'ddp'; add trainer.strategy: fsdp (or drop trainer.fsdp)")
+            return self
+        if self.compile:
+            raise ValueError(
+                "trainer.compile does not combine with trainer.strategy: fsdp yet (the compiled graph would "
+                "have to trace FSDP's hooks); set trainer.compile: false or trainer.strategy: ddp"
+            )
+        if self.stages:
+            raise ValueError(
+                "trainer.stages do not combine with trainer.strategy: fsdp: FSDP fixes which parameters train "
+                "when it shards the model, so unfreezing an encoder later is not possible; train the stages as "
+                "a chain of runs (init_from) or use trainer.strategy: ddp"
+            )
+        if self.precision == "fp16":
+            raise ValueError(
+                "trainer.precision: fp16 (GradScaler) does not combine with trainer.strategy: fsdp; use "
+                "trainer.fsdp.mixed_precision: {param_dtype: bf16} (or precision: bf16)"
+            )
+        return self

@@ -12,7 +12,8 @@ Interface::
 The loop: ``fit`` -> one ``_train_epoch`` per epoch -> one ``train_step`` per optimizer step
 (forward, loss, backward of each micro-batch, then clip and step). Stages apply before a step,
 through ``_apply_due_stages`` alone, and ``train_step`` reads the current (possibly re-wrapped)
-DDP module every step. Everything a checkpoint holds lives in one :class:`TrainState`.
+DDP module every step. How the processes share the model (DDP, or FSDP's shards) is the
+:class:`~mmfuse.engine.strategy.Strategy`'s business (``trainer.strategy``). Everything a checkpoint holds lives in one :class:`TrainState`.
 
 Elsewhere: the loss module and empty batches in :mod:`~mmfuse.engine.step`, evaluation in
 :mod:`~mmfuse.engine.evaluation`, loss bookkeeping between logs in :mod:`~mmfuse.engine.window`,
@@ -33,14 +34,13 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
 import torch
-from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import Dataset
 
 from mmfuse.data.config import DataConfig
 from mmfuse.engine.assembly import autocast_for, build_callbacks, freeze_unread_modules, recipe_callbacks, task_callbacks
 from mmfuse.engine.callbacks import Callback, Checkpointing, state_keys
 from mmfuse.engine.checkpoint import (
-    Checkpoint, checkpoint_name, find_resumable, load_model_weights, read_checkpoint, remove_leftovers, save_checkpoint,
+    Checkpoint, find_resumable, read_checkpoint, remove_leftovers,
 )
 from mmfuse.engine.config import OptimizerConfig, SchedulerConfig, TrainerConfig
 from mmfuse.engine.distributed import any_rank_true, gather_objects, init_distributed
@@ -53,6 +53,7 @@ from mmfuse.engine.schedule import LRSchedule
 from mmfuse.engine.signals import StopSignals
 from mmfuse.engine.stages import apply_stage, check_stages, stage_is_due
 from mmfuse.engine.state import TrainState
+from mmfuse.engine.strategy import build_strategy
 from mmfuse.engine.step import LossStep, OptimizerStep, batch_rows, trains_batchnorm
 from mmfuse.engine.window import LossWindow
 from mmfuse.model import FusedModel
@@ -133,8 +134,10 @@ class Trainer:
         check_stages(config.stages, model)
         self.unread_modules = freeze_unread_modules(model)
         self.model = model.to(self.device)
+        self.strategy = build_strategy(config, self.context)
+        self.strategy.shard(self.model)  # FSDP: before the optimizer is built over the (sharded) parameters
         self.loss_step = LossStep(self.model)
-        self.ddp: DistributedDataParallel | None = None  # re-wrapped when a stage unfreezes parameters
+        self.wrapped: torch.nn.Module | None = None  # DDP / FSDP's loss step; re-wrapped when a stage unfreezes parameters
         # per-module lr and weight decay come from the recipe when there is one
         self.groups_from: Recipe | OptimizerConfig = recipe or (optimizer or OptimizerConfig())
         self.optimizer = make_optimizer(param_groups(self.model, self.groups_from), optimizer or OptimizerConfig())
@@ -266,7 +269,7 @@ class Trainer:
         if resume is not None:
             self._restore(find_resumable(Path(resume)), resume_force)
         self._apply_due_stages(wrap=False)
-        self._wrap_ddp()
+        self._wrap()
         for name in self.unread_modules:
             self.log(f"{name}: no task reads it, so it is not trained")
 
@@ -300,7 +303,7 @@ class Trainer:
         """One optimizer step over ``in_step`` micro-batches: forward, loss and backward of each
         (its loss divided by ``in_step``, so a short last step of an epoch weighs its rows like a
         full one), then clip and step. Return the step's mean loss (a detached device tensor)."""
-        forward = self.ddp or self.loss_step  # read every step: a stage may have re-wrapped it
+        forward = self.wrapped or self.loss_step  # read every step: a stage may have re-wrapped it
         window = self._window
         bad: bool | torch.Tensor | None = None
         losses: list[torch.Tensor] = []
@@ -311,11 +314,11 @@ class Trainer:
                 self._call("on_train_batch_start", batch)
                 if not self.on_cpu:  # the loader's batches are on the CPU
                     batch = move_to_device(batch, self.device)
-            elif self.ddp is None:
+            elif self.wrapped is None:
                 window.add_empty()  # nothing to learn from, nothing to synchronise
                 continue
-            syncs = index == in_step - 1 or self.ddp is None  # DDP all-reduces on the last micro-batch only
-            with contextlib.nullcontext() if syncs else self.ddp.no_sync():  # type: ignore[union-attr]
+            syncs = index == in_step - 1 or self.wrapped is None  # gradients are reduced on the last micro-batch only
+            with contextlib.nullcontext() if syncs else self.strategy.without_gradient_sync(self.wrapped):  # type: ignore[arg-type]
                 with self.autocast():
                     loss = forward(batch if rows else None)
                 self.scaler.scale(loss / in_step if in_step > 1 else loss).backward()
@@ -326,7 +329,7 @@ class Trainer:
             flag = window.add_loss(losses[-1])
             bad = flag if bad is None else bad | flag
         bad = window.no_flag() if bad is None else bad
-        if self.ddp is not None:
+        if self.wrapped is not None:
             # gradients are averaged over ranks, so one rank's NaN poisons every rank's update:
             # all ranks skip together (one scalar collective)
             bad = any_rank_true(bad, self.context)
@@ -428,7 +431,7 @@ class Trainer:
                 self._apply_stage(index)
                 applied = True
         if applied and wrap:
-            self._wrap_ddp()  # DDP registers gradient hooks only for parameters trainable at wrap time
+            self._wrap()  # DDP registers gradient hooks only for parameters trainable at wrap time
 
     def _apply_stage(self, index: int, quiet: bool = False) -> None:
         stage = self.config.stages[index]
@@ -439,13 +442,8 @@ class Trainer:
         if not quiet:
             self.log(f"stage {index}: unfroze {', '.join(stage.unfreeze)} ({added} tensors) at step {self.global_step}")
 
-    def _wrap_ddp(self) -> None:
-        if not self.context.is_distributed:
-            return
-        device_ids = [self.device.index] if self.device.type == "cuda" else None
-        self.ddp = DistributedDataParallel(
-            self.loss_step, device_ids=device_ids, find_unused_parameters=self.config.find_unused_parameters
-        )
+    def _wrap(self) -> None:
+        self.wrapped = self.strategy.wrap(self.loss_step)
 
     # ------------------------------------------------------------------ evaluation
 
@@ -489,11 +487,18 @@ class Trainer:
         )
         size, world, batch = len(dataset), self.context.world_size, loader.batch_size or 1  # type: ignore[arg-type]
         common = batches_on_every_rank(size, world, batch)
-        return evaluate_model(
-            self.model, loader, prefix=prefix, context=self.context, autocast=self.autocast,
-            interrupted=lambda index: self._signal_during_eval(index, common),
-            rounds=most_batches_on_a_rank(size, world, batch),
-        )
+        with self.evaluating():
+            return evaluate_model(
+                self.model, loader, prefix=prefix, context=self.context, autocast=self.autocast,
+                interrupted=lambda index: self._signal_during_eval(index, common),
+                rounds=most_batches_on_a_rank(size, world, batch),
+            )
+
+    def evaluating(self) -> Any:
+        """A context around code that runs the model on this rank's own share of some data (ranks
+        may run different numbers of batches), as :meth:`evaluate` does: under FSDP it gathers the
+        parameters once, so the forwards inside run no collective. Enter it on every rank."""
+        return self.strategy.evaluating(self.model)
 
     def _signal_during_eval(self, index: int, common_batches: int) -> bool:
         """Whether a stop signal ends this evaluation (only while a fit runs: afterwards, e.g. in
@@ -510,27 +515,31 @@ class Trainer:
 
     # ------------------------------------------------------------------ checkpoints
 
+    def full_model(self) -> torch.nn.Module | None:
+        """The model with all of its weights, to save or predict with: the model itself, or under
+        ``trainer.strategy: fsdp`` an unsharded copy gathered on rank 0 (None on the other ranks).
+        A collective under FSDP: call it on every rank."""
+        return self.strategy.full_model(self.model)
+
     def save_checkpoint(self) -> Path:
-        """Checkpoint the current position (rank 0 writes; once per position); return its path.
-        A collective under DDP (each rank's RNG state is gathered): call it on every rank."""
+        """Checkpoint the current position (rank 0 writes, or every rank its shards under FSDP;
+        once per position); return its path. A collective under DDP / FSDP (each rank's RNG state
+        is gathered): call it on every rank."""
         folder = self.run_dir / "checkpoints"
         state = self.state
         position = (state.epoch, state.batch_in_epoch, state.global_step)
         if position == self._last_saved and self._last_checkpoint is not None:
             return self._last_checkpoint
-        path = folder / checkpoint_name(state.global_step)
         self._flush_window(log=False)
         snapshot = replace(
             state,
-            optimizer=self.optimizer.state_dict(),
             schedule=self.schedule.state_dict(),
             scaler=self.scaler.state_dict() if self.scaler.is_enabled() else {},
             callbacks={key: callback.state_dict() for key, callback in zip(state_keys(self.callbacks), self.callbacks)},
             rng=gather_objects(capture_rng_state(), self.context),
         )
-        if self.is_main:
-            meta = {"epoch": state.epoch, "batch_in_epoch": state.batch_in_epoch, "recipe": self.name}
-            path = save_checkpoint(folder, state.global_step, self.model, snapshot.to_dict(), meta)
+        meta = {"epoch": state.epoch, "batch_in_epoch": state.batch_in_epoch, "recipe": self.name}
+        path = self.strategy.save_checkpoint(folder, self.model, self.optimizer, snapshot, meta)
         self._last_saved, self._last_checkpoint = position, path
         self._call("on_checkpoint", path)
         return path
@@ -538,10 +547,10 @@ class Trainer:
     def _restore(self, checkpoint: Checkpoint, force: bool) -> None:
         saved = TrainState.from_dict(checkpoint.state)
         translate = check_resume_settings(saved.settings, self.state.settings, force=force, where=str(checkpoint.path))
-        load_model_weights(self.model, {k: v.to(self.device) for k, v in checkpoint.weights.items()}, checkpoint.path)
+        self.strategy.load_weights(checkpoint, self.model)
         for index in saved.stages_applied:
             self._apply_stage(index, quiet=True)
-        self.optimizer.load_state_dict(saved.optimizer)
+        self.strategy.load_optimizer(checkpoint, saved, self.model, self.optimizer)
         self.schedule.load_state_dict(saved.schedule)
         if saved.scaler and self.scaler.is_enabled():
             self.scaler.load_state_dict(saved.scaler)
@@ -571,7 +580,7 @@ class Trainer:
             self.log(f"the last weights (step {self.global_step}) are the best ({described}): kept")
             return self.global_step
         checkpoint = read_checkpoint(best)
-        load_model_weights(self.model, {k: v.to(self.device) for k, v in checkpoint.weights.items()}, best)
+        self.strategy.load_weights(checkpoint, self.model)
         step = int(checkpoint.meta["step"])
         self.log(f"restored the best weights: step {step} ({described}) from {best}")
         return step

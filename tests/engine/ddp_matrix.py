@@ -10,7 +10,6 @@ trained on the same global batch (:func:`case_setup` builds both sides).
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,7 @@ import torch
 from mmfuse.engine.callbacks import Callback
 from mmfuse.engine.trainer import Trainer
 from tests.engine.stop_after import StopAfter
+from tests.engine.torchrun_cases import run_cases
 from tests.engine.tiny import INPUT_DIM, SyntheticRows, tiny_model, tiny_recipe
 
 QUIET = {"progress": "off", "tensorboard": "off", "device": "cpu"}
@@ -141,16 +141,5 @@ def run_case(name: str, out: Path) -> dict[str, Any]:
     return summary(*fit_case(name, 2, rank_dir))
 
 
-def main(out: str, names: list[str]) -> None:
-    torch.set_num_threads(1)
-    rank = int(os.environ["RANK"])
-    for name in names:
-        print(f"rank {rank}: {name}", flush=True)
-        result = run_case(name, Path(out))
-        torch.save(result, Path(out) / f"{name}-rank{rank}.pt")
-    torch.distributed.barrier()
-    torch.distributed.destroy_process_group()
-
-
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2:])
+    run_cases(sys.argv[1], sys.argv[2:], run_case)

@@ -12,18 +12,14 @@ hold identical weights and finish.
 from __future__ import annotations
 
 import math
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
 from tests.engine.ddp_matrix import CASES, fit_case, summary
-from tests.engine.torchrun import stop_launch
+from tests.engine.torchrun_cases import launch_cases
 
-REPO = Path(__file__).resolve().parents[2]
 #: generous for 2 busy cores; a hang in a collective is what it catches
 LAUNCH_TIMEOUT_S = 420
 
@@ -32,24 +28,7 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def ranks(tmp_path_factory) -> dict[str, list[dict]]:
-    out = tmp_path_factory.mktemp("ddp")
-    command = [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-        "-m", "tests.engine.ddp_matrix", str(out), *CASES,
-    ]
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    log = out / "torchrun.log"
-    with open(log, "w") as handle:  # a file, not a pipe: a hung worker cannot block the read
-        process = subprocess.Popen(command, cwd=REPO, env=env, stdout=handle, stderr=subprocess.STDOUT,
-                                   start_new_session=True)
-        try:
-            process.wait(timeout=LAUNCH_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            stop_launch(process)
-            pytest.fail(f"the DDP matrix hung (no end after {LAUNCH_TIMEOUT_S} s); last output:\n{log.read_text()[-4000:]}")
-    output = log.read_text()
-    assert process.returncode == 0, output[-6000:]
-    return {name: [torch.load(out / f"{name}-rank{r}.pt", weights_only=True) for r in range(2)] for name in CASES}
+    return launch_cases("tests.engine.ddp_matrix", tmp_path_factory.mktemp("ddp"), list(CASES), LAUNCH_TIMEOUT_S)
 
 
 def one_process(name: str, tmp_path: Path) -> dict:

@@ -1,0 +1,105 @@
+"""The cases of the FSDP tests, run one after another in ONE torchrun launch of 2 gloo processes
+(process start-up dominates the cost, so the cases share it)::
+
+    python -m torch.distributed.run --standalone --nproc_per_node 2 -m tests.engine.fsdp_matrix OUT CASE...
+
+Each case trains the tiny fused model of ``tests/engine/tiny.py`` with the Trainer and saves
+``OUT/<case>-rank<r>.pt``: the full weights (gathered on rank 0), the step, the logged losses and
+the metrics; ``test_fsdp.py`` compares them. A case named ``ddp-<x>`` is case ``<x>`` trained with
+``trainer.strategy: ddp`` (the reference).
+"""
+
+from __future__ import annotations
+
+import faulthandler
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from mmfuse.artifact import save
+from mmfuse.engine.trainer import Trainer
+from tests.engine.ddp_matrix import NO_DROPOUT, QUIET, LoggedLosses, RowsCollate
+from tests.engine.stop_after import StopAfter
+from tests.engine.torchrun_cases import run_cases
+from tests.engine.tiny import SyntheticRows, tiny_model, tiny_recipe
+
+EVERY_UNIT = {"wrap": ["encoders", "encoder_layers", "fusion"]}
+
+#: case -> (recipe sections without the strategy); ``batch_size`` is per process
+CASES: dict[str, dict[str, Any]] = {
+    # every unit sharded separately; validation after each epoch (5 + 4 rows: uneven across ranks)
+    "plain": {"fusion": NO_DROPOUT, "trainer": {"fsdp": EVERY_UNIT}},
+    # accumulation (reduce-scatter on the last micro-batch only) and DTensor-aware clipping
+    "accumulate_clip": {"fusion": NO_DROPOUT, "trainer": {"grad_accum_steps": 2, "clip_grad_norm": 0.05}},
+    # dropout: each rank's RNG stream must be restored on resume
+    "resume": {"trainer": {"fsdp": {"wrap": ["encoders"], "reshard_after_forward": False}}},
+    # a best checkpoint restored at the end (val loss rises with a large lr), the model saved
+    "best": {"fusion": NO_DROPOUT, "optimizer": {"lr": 0.3},
+             "trainer": {"epochs": 3, "eval_every_steps": 2, "restore_best": True}},
+    "bf16": {"fusion": NO_DROPOUT, "trainer": {"fsdp": {"mixed_precision": {"param_dtype": "bf16", "reduce_dtype": "fp32"}}}},
+}
+REFERENCES = ("plain", "accumulate_clip", "best")
+HANG_AFTER_S = 300
+
+
+def write_recipe(trainer: Trainer, run_dir: Path) -> None:
+    """``recipe.yaml`` in the run folder, as ``mmfuse train`` writes it (mmfuse.load reads it)."""
+    if trainer.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "recipe.yaml").write_text(yaml.safe_dump(trainer.recipe.to_dict(), sort_keys=False), encoding="utf-8")
+
+
+def recipe_of(case: str):
+    strategy, name = ("ddp", case[4:]) if case.startswith("ddp-") else ("fsdp", case)
+    sections = {key: dict(value) for key, value in CASES[name].items()}
+    trainer = {**QUIET, "epochs": 2, "log_every_steps": 2, **sections.pop("trainer", {}), "strategy": strategy}
+    if strategy == "ddp":
+        trainer.pop("fsdp", None)
+    return tiny_recipe(data={"batch_size": 4, "eval_batch_size": 4}, trainer=trainer, **sections)
+
+
+def fit(case: str, run_dir: Path, callbacks=(), resume=None) -> tuple[Trainer, Any, LoggedLosses]:
+    recipe = recipe_of(case)
+    model = tiny_model(recipe)
+    logged = LoggedLosses()
+    trainer = Trainer.from_recipe(
+        recipe, model, SyntheticRows(32), RowsCollate(model), val_dataset=SyntheticRows(9, seed=1),
+        run_dir=run_dir, callbacks=[logged, *callbacks],
+    )
+    write_recipe(trainer, run_dir)
+    return trainer, trainer.fit(resume=resume), logged
+
+
+def summary(trainer: Trainer, result, logged: LoggedLosses) -> dict[str, Any]:
+    whole = trainer.full_model()  # gathered on rank 0 under FSDP; a collective
+    return {
+        "weights": {k: v.detach().cpu().clone() for k, v in whole.state_dict().items()} if whole is not None else {},
+        "step": result.global_step,
+        "restored_step": result.restored_step,
+        "metrics": {k: float(v) for k, v in result.metrics.items()},
+        "logged": logged.losses,
+    }
+
+
+def run_case(case: str, out: Path) -> dict[str, Any]:
+    if case == "resume":
+        full = summary(*fit(case, out / "resume-full"))
+        fit(case, out / "resume-cut", callbacks=[StopAfter(5)])  # mid-epoch 2: a sharded checkpoint at step 5
+        resumed = summary(*fit(case, out / "resume-cut", resume=out / "resume-cut"))
+        return {**resumed, "uninterrupted": full["weights"]}
+    trainer, result, logged = fit(case, out / case)
+    row = summary(trainer, result, logged)
+    if case == "best":
+        whole = trainer.full_model()
+        if whole is not None:
+            save(whole, out / "best" / "model", trainer.recipe)
+        trainer.context.barrier()
+    return row
+
+
+if __name__ == "__main__":
+    faulthandler.dump_traceback_later(HANG_AFTER_S, exit=True)  # a hang prints each rank's stack, then ends
+    run_cases(sys.argv[1], sys.argv[2:], run_case)

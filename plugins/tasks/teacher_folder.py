@@ -17,7 +17,7 @@ from mmfuse.folder_manifest import RECIPE_FILE, ModelFolderError, resolve_model_
 __all__ = ["CLASSIFYING_TASKS", "TeacherFolder", "read_teacher_folder", "class_order"]
 
 #: task types whose outputs are one logit per class (what a distillation student imitates)
-CLASSIFYING_TASKS = ("mmfuse/classification", "mmfuse/distillation")
+CLASSIFYING_TASKS = ("mmfuse/classification", "mmfuse/distillation", "mmfuse/prototype")
 
 
 @dataclass(frozen=True)

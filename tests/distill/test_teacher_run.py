@@ -228,3 +228,14 @@ def test_distillation_under_ddp_matches_one_process(teacher, tmp_path):
         torch.testing.assert_close(ddp[key], tensor, atol=1e-5, rtol=0, msg=lambda m: f"{key}: {m}")
     ddp_rows = (tmp_path / "ddp" / "metrics.csv").read_text().splitlines()
     assert len(ddp_rows) == 3 and "val/distill/teacher_agreement" in ddp_rows[0]
+
+
+def test_a_prototype_task_can_teach(tmp_path):
+    folder = tmp_path / "fake"
+    folder.mkdir()
+    (folder / "mmfuse.json").write_text("{}")
+    tasks = {"score": {"type": "mmfuse/regression"}, "proto": {"type": "mmfuse/prototype", "labels": ["x", "y"]}}
+    (folder / "recipe.yaml").write_text(yaml.safe_dump({"tasks": tasks}))
+    recipe = parse_recipe(student_raw(tmp_path / "t.jsonl", tmp_path / "v.jsonl", tmp_path, folder))
+    params = recipe.tasks["distill"].params
+    assert (params.teacher_task, params.labels) == ("proto", ["x", "y"])

@@ -1,10 +1,10 @@
 """Collate :class:`~mmfuse.data.dataset.Sample` items into the batch layout of
 :mod:`mmfuse.contracts`: padded inputs per encoder, presence masks, stacked targets, and the
 count of skipped rows. A task with extra inputs (``Task.extra_inputs``) gets them collated the
-same way, inside its targets entry. ``"index"`` holds the dataset positions of the rows in the batch (a key
-the model ignores; predictions use it to match rows) and ``"epoch"`` the training epoch they were
-drawn for (0 outside training): with them a ``Task.prepare_batch`` seeds its random masks per
-sample, independently of process, worker and resume point."""
+same way, inside its targets entry. ``"index"`` holds the dataset positions of the rows in the
+batch (a key the model ignores; predictions use it to match rows) and ``"epoch"`` the training
+epoch they were drawn for (0 outside training): with them a ``Task.prepare_batch`` seeds its
+random masks per sample, independently of process, worker and resume point."""
 
 from __future__ import annotations
 

@@ -315,6 +315,11 @@ def test_joint_training_next_to_a_classifier_saves_and_predicts(demo, tmp_path):
     assert predictions[0]["label"] in ("low", "medium", "high")
     assert len(predictions[0]["regions"]) == 16 and len(predictions[0]["regions"][0]) == 12
 
+    from mmfuse.export import export_model  # the decoder exports with the model (parity checked there)
+
+    sample = {"image": str(demo / "data" / row["image"]), "audio": str(demo / "data" / row["audio"])}
+    assert export_model(outcome.run_dir, tmp_path / "model.onnx", example=[sample, sample]).is_file()
+
 
 @pytest.mark.slow
 def test_a_resume_mid_epoch_with_workers_is_bit_exact(demo, tmp_path):

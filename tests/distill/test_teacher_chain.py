@@ -27,6 +27,7 @@ def write_chain(folder: Path, student_stage: dict, with_data: bool = True) -> Pa
     return path
 
 
+@pytest.mark.slow
 def test_a_chain_trains_a_teacher_then_distils_a_student_from_it(tmp_path):
     chain = load_chain(write_chain(tmp_path, {"teacher_from": "teach"}))
     outcome = run_chain(chain, chain_dir=tmp_path / "chain", log=lambda message: None)

@@ -33,6 +33,7 @@ METHODS = {
     "prompt_tuning": {"method": "prompt_tuning", "num_virtual_tokens": 3},
     "prompt_tuning_text": {"method": "prompt_tuning", "num_virtual_tokens": 5, "init": "text", "init_text": "cat dog"},
     "p_tuning": {"method": "p_tuning", "num_virtual_tokens": 3, "encoder_hidden_size": 16},
+    "p_tuning_lstm": {"method": "p_tuning", "num_virtual_tokens": 3, "encoder_reparameterization_type": "LSTM"},
     "prefix_tuning": {"method": "prefix_tuning", "num_virtual_tokens": 3},
     "prefix_projection": {"method": "prefix_tuning", "num_virtual_tokens": 3, "prefix_projection": True, "encoder_hidden_size": 16},
 }
@@ -87,7 +88,7 @@ def virtual_embeddings(backbone: torch.nn.Module, count: int) -> torch.Tensor:
     return module(torch.arange(count).unsqueeze(0))
 
 
-@pytest.mark.parametrize("method", ["prompt_tuning", "prompt_tuning_text", "p_tuning"])
+@pytest.mark.parametrize("method", ["prompt_tuning", "prompt_tuning_text", "p_tuning", "p_tuning_lstm"])
 @pytest.mark.parametrize("pooling", ["cls", "mean"])
 def test_prepended_tokens_are_cut_off_and_pooling_reads_the_real_tokens(models, method, pooling):
     model, recipe = build(text_recipe(models["bert"], METHODS[method], pooling=pooling))
@@ -359,3 +360,22 @@ def test_init_from_a_plain_run_fills_the_model_and_leaves_the_virtual_tokens_fre
     state = tuned.state_dict()
     assert all(torch.equal(state[k], source[k]) for k in source if k.startswith("encoders.text."))
     assert torch.equal(tuned.encoders["text"].model.virtual_tokens.embedding.weight, fresh)
+
+
+@pytest.mark.parametrize("method", ["prompt_tuning", "prefix_projection"])
+def test_a_deep_copy_runs_its_own_virtual_tokens(models, method):
+    """The hooks travel with a copy (quantization and EMA copy the model) and read the copy's
+    virtual tokens, not the original's."""
+    import copy
+
+    model, _ = build(text_recipe(models["bert"], METHODS[method]))
+    model.eval()
+    batch = make_batch(model, {"text": TEXTS})
+    with torch.no_grad():
+        before = model(batch)["label"].clone()
+        twin = copy.deepcopy(model)
+        assert torch.equal(twin(batch)["label"], before)
+        for parameter in twin.encoders["text"].model.virtual_tokens.parameters():
+            parameter.add_(torch.randn_like(parameter))  # not a constant: BERT's LayerNorm would cancel it
+        assert torch.equal(model(batch)["label"], before)
+        assert not torch.equal(twin(batch)["label"], before)

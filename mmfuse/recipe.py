@@ -403,6 +403,7 @@ def _cross_reference_problems(top: _RawRecipe, slots: dict[str, Any], source: Re
         if slot is not None:
             sections[f"callbacks.{index}"] = slot.params
     problems = reference_problems(sections, encoders, tasks, source)
+    problems += _shots_problems(top, slots, source)
     split = top.data.split
     if split is not None and split.stratify is not None and top.data.train is not None:
         known = {str(raw.get("column") or name) for name, raw in top.encoders.items() if isinstance(raw, dict)}
@@ -412,6 +413,22 @@ def _cross_reference_problems(top: _RawRecipe, slots: dict[str, Any], source: Re
             line, where = source.locate(("data", "split", "stratify"))
             problems.append(Problem("data.split.stratify", message, line, where))
     return problems
+
+
+def _shots_problems(top: _RawRecipe, slots: dict[str, Any], source: RecipeSource) -> list[Problem]:
+    """``data.shots_per_class`` without ``data.shots_column`` needs exactly one classification task."""
+    from mmfuse.data.shots import class_column_problem, class_columns
+
+    if top.data.shots_per_class is None or top.data.shots_column is not None:
+        return []
+    targets = {
+        name: (slot.target or name, slot.params) for name, slot in (slots.get("tasks") or {}).items() if slot is not None
+    }
+    message = class_column_problem(class_columns(targets))
+    if message is None:
+        return []
+    line, where = source.locate(("data", "shots_per_class"))
+    return [Problem("data.shots_per_class", message, line, where)]
 
 
 def _manifest_columns(top: _RawRecipe, source: RecipeSource, registry: Registry) -> set[str] | None:

@@ -122,14 +122,17 @@ def test_a_class_with_fewer_than_k_rows_is_an_error_naming_the_key_and_class(fil
 
 
 def test_the_class_column_must_be_unambiguous(files):
-    two = {"label": {"type": "classification"}, "colour": {"type": "classification"}}
-    with pytest.raises(DataError, match=r"several columns: 'label'.*'colour'.*set data.shots_column"):
-        load_splits(_recipe(files, "data.shots_per_class=2", tasks=two))
+    """Checked when the recipe is validated (`mmfuse validate`), before any data is read."""
+    two = {"label": {"type": "classification"}, "colour": {"type": "prototype"}}
+    with pytest.raises(RecipeError, match=r"data.shots_per_class.*several columns: 'label'.*'colour'.*set data.shots_column"):
+        _recipe(files, "data.shots_per_class=2", tasks=two)
     splits = load_splits(_recipe(files, "data.shots_per_class=2", "data.shots_column=colour", tasks=two))
     assert splits.shots.kept == {"blue": 2, "red": 2} and len(splits.train) == 4
     regression = {"score": {"type": "regression", "target": "x"}}
-    with pytest.raises(DataError, match="no single-label classification task.*data.shots_column"):
-        load_splits(_recipe(files, "data.shots_per_class=2", tasks=regression))
+    with pytest.raises(RecipeError, match="no single-label classification task.*data.shots_column"):
+        _recipe(files, "data.shots_per_class=2", tasks=regression)
+    same_column = {"label": {"type": "classification"}, "proto": {"type": "prototype", "target": "label"}}
+    assert load_splits(_recipe(files, "data.shots_per_class=2", tasks=same_column)).shots.column == "label"
     with pytest.raises(DataError, match="class column 'colours'.*data.shots_column"):
         load_splits(_recipe(files, "data.shots_per_class=2", "data.shots_column=colours"))
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Hashable
+from typing import TYPE_CHECKING, Any, Hashable, Mapping
 
 from mmfuse.data.errors import DataError
 from mmfuse.data.manifest import Manifest
@@ -21,7 +21,7 @@ from mmfuse.data.manifest import Manifest
 if TYPE_CHECKING:  # mmfuse.recipe imports mmfuse.data.config: import it lazily
     from mmfuse.recipe import Recipe
 
-__all__ = ["ShotsSummary", "shots_column", "keep_shots"]
+__all__ = ["ShotsSummary", "shots_column", "class_columns", "class_column_problem", "keep_shots"]
 
 
 @dataclass
@@ -57,25 +57,38 @@ def shots_column(recipe: Recipe) -> str:
     """The column whose values are the classes: ``data.shots_column``, else the target of the one
     single-label classification task (configs with ``single_label_classes``). A DataError when
     there is none or several."""
-    data = recipe.data
-    if data.shots_column is not None:
-        return data.shots_column
+    if recipe.data.shots_column is not None:
+        return recipe.data.shots_column
+    targets = {name: (recipe.target_of(name), slot.params) for name, slot in recipe.tasks.items()}
+    columns = class_columns(targets)
+    problem = class_column_problem(columns)
+    if problem is not None:
+        raise DataError(problem)
+    return next(iter(columns))
+
+
+def class_columns(targets: Mapping[str, tuple[str, Any]]) -> dict[str, list[str]]:
+    """``{task: (target column, config)}`` -> the target columns of single-label classification
+    tasks, each with the tasks reading it."""
     columns: dict[str, list[str]] = {}
-    for name, slot in recipe.tasks.items():
-        if getattr(type(slot.params), "single_label_classes", False):
-            columns.setdefault(recipe.target_of(name), []).append(name)
+    for name, (column, params) in targets.items():
+        if getattr(type(params), "single_label_classes", False):
+            columns.setdefault(column, []).append(name)
+    return columns
+
+
+def class_column_problem(columns: Mapping[str, list[str]]) -> str | None:
+    """Why ``data.shots_per_class`` cannot tell its class column without ``data.shots_column``
+    (none, or several candidates), or None when there is exactly one."""
     if len(columns) == 1:
-        return next(iter(columns))
+        return None
     if not columns:
-        raise DataError(
+        return (
             "data.shots_per_class needs classes, but the recipe has no single-label classification task "
             "(classification, prototype); set data.shots_column to the column that holds the classes"
         )
     listed = ", ".join(f"'{column}' (tasks {', '.join(names)})" for column, names in columns.items())
-    raise DataError(
-        f"data.shots_per_class: the classes could come from several columns: {listed}; "
-        f"set data.shots_column to one of them"
-    )
+    return f"data.shots_per_class: the classes could come from several columns: {listed}; set data.shots_column to one of them"
 
 
 def _row_key(seed: int, values: dict[str, Any]) -> bytes:

@@ -121,9 +121,11 @@ class RegionScore(torchmetrics.Metric):
 
 
 class MaskedFeaturesTask(Task):
-    """Outputs ``{"regions": [B, regions, features]}`` (every region's predicted targets);
-    targets ``[B, 2, regions, features]`` made by ``prepare_batch``: ``[:, 0]`` the target values,
-    ``[:, 1]`` the loss weights (1 on the valid cells of hidden regions of present samples)."""
+    """Outputs ``{"regions": [B, regions, features], "encoded": [B]}`` (every region's predicted
+    targets; 1.0 for the rows the encoder saw — its presence mask at forward time, which modality
+    dropout may have narrowed since ``prepare_batch``); targets ``[B, 2, regions, features]``
+    made by ``prepare_batch``: ``[:, 0]`` the target values, ``[:, 1]`` the loss weights (1 on the
+    valid cells of hidden regions of present samples)."""
 
     needs_target = False
     reads_fused = False
@@ -186,14 +188,17 @@ class MaskedFeaturesTask(Task):
 
     def forward(self, fused: Tensor, features: dict[str, EncoderOutput], present: dict[str, Tensor]) -> dict[str, Tensor]:
         assert self.decoder is not None, "bind_encoders was not called (build the model with build_fused_model)"
-        return {"regions": self.decoder(features[self.config.encoder])}
+        encoder = self.config.encoder
+        regions = self.decoder(features[encoder])
+        encoded = present.get(encoder, torch.ones(regions.shape[0], dtype=torch.bool, device=regions.device))
+        return {"regions": regions, "encoded": encoded.to(regions.dtype)}
 
     def loss(self, outputs: dict[str, Tensor], targets: Tensor | None) -> Tensor:
         if targets is None:
             raise ValueError("masked_features loss needs the targets made by prepare_batch; build batches with BatchCollator")
         predictions = outputs["regions"].float()
         targets = targets.to(predictions.device)
-        values, weights = targets[:, 0], targets[:, 1]
+        values, weights = targets[:, 0], targets[:, 1] * _row_weights(outputs, predictions)
         squared = ((predictions - values) ** 2 * weights).sum()  # tied to every decoder weight, even when 0
         return squared / self._hidden_count(weights.sum())
 
@@ -219,8 +224,10 @@ class MaskedFeaturesTask(Task):
         if targets is None:
             return
         predictions = outputs["regions"].detach().float()
+        targets = targets.to(predictions.device)
+        weighted = torch.stack([targets[:, 0], targets[:, 1] * _row_weights(outputs, predictions)], dim=1)
         for metric in metrics.values():
-            metric.update(predictions, targets.to(predictions.device))
+            metric.update(predictions, weighted)
 
     def predict(self, outputs: dict[str, Tensor]) -> list[Any]:
         """Per sample, the predicted target features of every region (``[regions][features]``):
@@ -231,6 +238,14 @@ class MaskedFeaturesTask(Task):
         if self.layout is None:
             raise RuntimeError("masked_features: bind_encoders was not called (build the model with build_fused_model)")
         return self.layout
+
+
+def _row_weights(outputs: dict[str, Tensor], predictions: Tensor) -> Tensor:
+    """``[B, 1, 1]``: 1 for the rows the encoder saw, 0 for the others."""
+    encoded = outputs.get("encoded")
+    if encoded is None:
+        return torch.ones(predictions.shape[0], 1, 1, device=predictions.device)
+    return encoded.detach().float().view(-1, 1, 1)
 
 
 def build_masked_features(config: MaskedFeaturesConfig, fused_dim: int, encoder_dims: dict[str, int]) -> MaskedFeaturesTask:

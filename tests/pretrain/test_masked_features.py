@@ -199,6 +199,23 @@ def test_only_hidden_regions_of_present_samples_count():
     assert task.loss({"regions": changed}, targets).item() != pytest.approx(loss.item(), rel=1e-3)
 
 
+def test_a_row_dropped_after_masking_counts_nowhere():
+    """Modality dropout (fusion.modality_dropout) narrows ``present`` after prepare_batch."""
+    model = build_fused_model(parse_recipe(recipe({**SMALL_IMAGE, "image_size": 16})))
+    model.eval()
+    batch = collate(model, images(3))
+    with torch.no_grad():
+        full = model(batch)["mf"]
+        dropped = {**batch, "present": {"x": torch.tensor([True, False, True])}}
+        outputs = model(dropped)["mf"]
+    assert outputs["encoded"].tolist() == [1.0, 0.0, 1.0]
+    targets = batch["targets"]["mf"].clone()
+    targets[1, 1] = 0.0  # as if row 1 had no image from the start
+    task = model.tasks["mf"]
+    expected = task.loss({"regions": full["regions"]}, targets)
+    assert task.loss(outputs, batch["targets"]["mf"]).item() == pytest.approx(expected.item(), rel=1e-6)
+
+
 def test_the_absent_rows_input_changes_nothing():
     model = build_fused_model(parse_recipe(recipe({**SMALL_IMAGE, "image_size": 16})))
     model.eval()

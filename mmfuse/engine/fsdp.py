@@ -57,11 +57,12 @@ class EmptyBatchUnderFSDP(RuntimeError):
 def sharding_units(model: nn.Module, wrap: list[str]) -> list[nn.Module]:
     """The modules that get their own ``fully_shard`` before the root, innermost first (each
     unit's parameters are those not already in a unit inside it); modules without parameters
-    are left to their parent."""
+    are left to their parent. A layer group that is a plain container (a ModuleList of blocks)
+    contributes each block."""
     units: list[nn.Module] = []
     for encoder in model.encoders.values():  # type: ignore[attr-defined]
         if "encoder_layers" in wrap and hasattr(encoder, "layer_groups"):
-            units += [group for group in encoder.layer_groups() if group is not encoder]
+            units += [block for group in encoder.layer_groups() if group is not encoder for block in _callable(group)]
         if "encoders" in wrap:
             units.append(encoder)
     if "fusion" in wrap:
@@ -70,15 +71,28 @@ def sharding_units(model: nn.Module, wrap: list[str]) -> list[nn.Module]:
     return [unit for unit in unique if any(True for _ in unit.parameters())]
 
 
+def _callable(module: nn.Module) -> list[nn.Module]:
+    """``module``, or the modules inside it when it is a container without a forward of its own
+    (a ModuleList of blocks): FSDP hooks a unit's forward, so a unit must be called."""
+    if isinstance(module, (nn.ModuleList, nn.ModuleDict)) and type(module).forward is nn.Module.forward:
+        return [inner for child in module.children() for inner in _callable(child)]
+    return [module]
+
+
 class _EveryRankForward(nn.Module):
-    """The loss step of a sharded model: a micro-batch without rows cannot join the other ranks'
-    all-gathers, so it stops the fit with an explanation."""
+    """The loss step of a sharded model. Before each forward, rank 0's buffers (BatchNorm running
+    statistics) are broadcast to every rank, as DistributedDataParallel does (``broadcast_buffers``):
+    FSDP leaves buffers unsharded and unsynchronised, so without it each rank would evaluate with
+    its own statistics and checkpoints would hold an arbitrary rank's. A micro-batch without rows
+    cannot join the other ranks' all-gathers, so it stops the fit with an explanation."""
 
     def __init__(self, loss_step: nn.Module, rank: int) -> None:
         super().__init__()
         self.loss_step, self.rank = loss_step, rank
+        self.synced_buffers = [buffer for buffer in loss_step.buffers() if buffer.numel()]
 
     def forward(self, batch: dict[str, Any] | None) -> torch.Tensor:
+        broadcast_from_rank0(self.synced_buffers)
         if batch is None or not batch.get("inputs"):
             raise EmptyBatchUnderFSDP(
                 f"rank {self.rank}: a training micro-batch has no rows to run (every row was skipped by "
@@ -160,6 +174,8 @@ class Sharded(Strategy):
     def save_checkpoint(
         self, folder: Path, model: nn.Module, optimizer: torch.optim.Optimizer, state: TrainState, meta: dict[str, Any]
     ) -> Path:
+        # a checkpoint holds rank 0's buffers, as under DDP (DCP would store an arbitrary rank's copy)
+        broadcast_from_rank0([buffer for buffer in model.buffers() if buffer.numel()])
         return save_sharded_checkpoint(folder, state.global_step, model, optimizer, replace(state, optimizer={}).to_dict(), meta, self.context)
 
     def load_weights(self, checkpoint: Checkpoint, model: nn.Module) -> None:
@@ -190,6 +206,21 @@ class Sharded(Strategy):
     def _root(self) -> Any:
         assert self.root is not None, "the model is not sharded yet"
         return self.root
+
+
+def broadcast_from_rank0(tensors: list[torch.Tensor]) -> None:
+    """Overwrite ``tensors`` with rank 0's values on every rank: one broadcast per dtype."""
+    import torch.distributed as dist
+
+    by_dtype: dict[torch.dtype, list[torch.Tensor]] = {}
+    for tensor in tensors:
+        by_dtype.setdefault(tensor.dtype, []).append(tensor)
+    with torch.no_grad():
+        for group in by_dtype.values():
+            flat = torch.cat([tensor.reshape(-1) for tensor in group])
+            dist.broadcast(flat, src=0)
+            for tensor, part in zip(group, flat.split([tensor.numel() for tensor in group])):
+                tensor.copy_(part.view_as(tensor))
 
 
 def _meta_copy(model: nn.Module) -> nn.Module:

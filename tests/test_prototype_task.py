@@ -191,3 +191,11 @@ def test_a_few_shot_prototype_run_end_to_end(files, tmp_path, capsys):
 def test_prototype_passes_the_conformance_kit(tmp_path):
     report = check_task("mmfuse/prototype", {"distance": "euclidean"}, folder=tmp_path)
     assert "save_load" in report.passed
+
+
+def test_unimodal_aux_heads_are_refused_they_would_never_get_prototypes(files, tmp_path):
+    from mmfuse.model import build_fused_model
+
+    recipe = _recipe(files, tmp_path, "tasks.label.unimodal_aux={weight: 0.3}", labels=["a", "b", "c"])
+    with pytest.raises(ValueError, match="tasks.label.unimodal_aux: task type 'mmfuse/prototype'.*remove unimodal_aux"):
+        build_fused_model(recipe)

@@ -221,6 +221,12 @@ def build_unimodal_heads(
                 f"tasks.{name}.unimodal_aux: the task reads inputs of its own (a distillation teacher), "
                 "which a per-modality head would not get; remove unimodal_aux from this task"
             )
+        if tasks[name].training_callbacks(name):
+            raise ValueError(
+                f"tasks.{name}.unimodal_aux: task type '{slot.type}' keeps state that the engine computes from the "
+                "training data (e.g. class prototypes), which per-modality heads would not get; remove unimodal_aux "
+                "from this task"
+            )
         spec = registry.get("task", slot.type)
         heads[name] = {
             encoder: spec.build(slot.params, fused_dim=dim, encoder_dims=dict(input_dims))

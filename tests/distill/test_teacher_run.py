@@ -15,6 +15,7 @@ from safetensors.torch import load_file
 
 import mmfuse
 from mmfuse.balance.config import UnimodalAuxConfig
+from mmfuse.export import export_model
 from mmfuse.folder_manifest import sha256_of
 from mmfuse.recipe import RecipeError, parse_recipe
 from mmfuse.run import prepare, train
@@ -81,11 +82,14 @@ def test_a_distillation_run_from_a_teacher_run(teacher, tmp_path):
     try:
         student = mmfuse.load(outcome.run_dir)
         predictions = student.predict([{"text": "a dog barks alarm outside"}, {"text": "calm"}])
+        exported = export_model(outcome.run_dir, tmp_path / "student.pt2", format="torch-export",
+                                example=[{"text": "a dog barks alarm outside"}, {"text": "calm"}])
     finally:
         hidden.rename(teacher_dir)
     assert [set(p) for p in predictions] == [{"distill"}, {"distill"}]
     assert all(p["distill"] in TEACHER_LABELS for p in predictions)
     assert list(student.module.encoders) == ["text"]
+    assert exported.is_file()
 
 
 def test_the_step_loss_is_the_kd_loss_with_the_loaded_teachers_logits(teacher, tmp_path):

@@ -45,7 +45,7 @@ from mmfuse.engine.sharded_checkpoint import load_sharded_model, load_sharded_op
 from mmfuse.engine.state import TrainState
 from mmfuse.engine.strategy import Strategy
 
-__all__ = ["Sharded", "sharding_units", "EmptyBatchUnderFSDP"]
+__all__ = ["Sharded", "sharding_units", "EveryRankForward", "EmptyBatchUnderFSDP", "broadcast_from_rank0"]
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -79,7 +79,7 @@ def _callable(module: nn.Module) -> list[nn.Module]:
     return [module]
 
 
-class _EveryRankForward(nn.Module):
+class EveryRankForward(nn.Module):
     """The loss step of a sharded model. Before each forward, rank 0's buffers (BatchNorm running
     statistics) are broadcast to every rank, as DistributedDataParallel does (``broadcast_buffers``):
     FSDP leaves buffers unsharded and unsynchronised, so without it each rank would evaluate with
@@ -92,7 +92,6 @@ class _EveryRankForward(nn.Module):
         self.synced_buffers = [buffer for buffer in loss_step.buffers() if buffer.numel()]
 
     def forward(self, batch: dict[str, Any] | None) -> torch.Tensor:
-        broadcast_from_rank0(self.synced_buffers)
         if batch is None or not batch.get("inputs"):
             raise EmptyBatchUnderFSDP(
                 f"rank {self.rank}: a training micro-batch has no rows to run (every row was skipped by "
@@ -100,6 +99,7 @@ class _EveryRankForward(nn.Module):
                 "Under trainer.strategy: fsdp every rank must run every forward, so this cannot be stepped "
                 "over; fix or drop the bad samples, set data.drop_last: true, or use trainer.strategy: ddp"
             )
+        broadcast_from_rank0(self.synced_buffers)
         return self.loss_step(batch)
 
 
@@ -141,7 +141,7 @@ class Sharded(Strategy):
         self.inner = [m for m in model.modules() if m is not model and isinstance(m, FSDPModule)]
 
     def wrap(self, loss_step: nn.Module) -> nn.Module | None:
-        return _EveryRankForward(loss_step, self.context.rank)
+        return EveryRankForward(loss_step, self.context.rank)
 
     def without_gradient_sync(self, wrapped: nn.Module) -> ContextManager[Any]:
         return self._no_reduce_scatter()

@@ -12,6 +12,8 @@ the metrics; ``test_fsdp.py`` compares them. A case named ``ddp-<x>`` is case ``
 from __future__ import annotations
 
 import faulthandler
+import os
+import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -20,6 +22,7 @@ import torch
 import yaml
 
 from mmfuse.artifact import save
+from mmfuse.engine.callbacks import Callback
 from mmfuse.engine.trainer import Trainer
 from tests.engine.ddp_matrix import NO_DROPOUT, QUIET, LoggedLosses, RowsCollate
 from tests.engine.stop_after import StopAfter
@@ -39,6 +42,11 @@ CASES: dict[str, dict[str, Any]] = {
     # a best checkpoint restored at the end (val loss rises with a large lr), the model saved
     "best": {"fusion": NO_DROPOUT, "optimizer": {"lr": 0.3},
              "trainer": {"epochs": 3, "eval_every_steps": 2, "restore_best": True}},
+    # the same run stopped by SIGTERM on rank 1 alone (agreed at the next log step), then resumed
+    "resume_signal": {"trainer": {"fsdp": {"wrap": ["encoders"], "reshard_after_forward": False}}},
+    # evaluated before the first training step (a resume with a pending validation does that):
+    # the first forward then runs inside the evaluation's gathered parameters
+    "evaluate_first": {"fusion": NO_DROPOUT, "trainer": {"fsdp": EVERY_UNIT}},
     "bf16": {"fusion": NO_DROPOUT, "trainer": {"fsdp": {"mixed_precision": {"param_dtype": "bf16", "reduce_dtype": "fp32"}}}},
 }
 REFERENCES = ("plain", "accumulate_clip", "best")
@@ -61,7 +69,7 @@ def recipe_of(case: str):
     return tiny_recipe(data={"batch_size": 4, "eval_batch_size": 4}, trainer=trainer, **sections)
 
 
-def fit(case: str, run_dir: Path, callbacks=(), resume=None) -> tuple[Trainer, Any, LoggedLosses]:
+def fit(case: str, run_dir: Path, callbacks=(), resume=None, evaluate_first=False) -> tuple[Trainer, Any, LoggedLosses]:
     recipe = recipe_of(case)
     model = tiny_model(recipe)
     logged = LoggedLosses()
@@ -70,6 +78,8 @@ def fit(case: str, run_dir: Path, callbacks=(), resume=None) -> tuple[Trainer, A
         run_dir=run_dir, callbacks=[logged, *callbacks],
     )
     write_recipe(trainer, run_dir)
+    if evaluate_first:
+        trainer.evaluate(trainer.val_dataset, prefix="before")
     return trainer, trainer.fit(resume=resume), logged
 
 
@@ -84,13 +94,25 @@ def summary(trainer: Trainer, result, logged: LoggedLosses) -> dict[str, Any]:
     }
 
 
+class SigtermOnRank1(Callback):
+    """SIGTERM to rank 1's own process after step 5; the ranks agree to stop at step 6 (a log step)."""
+
+    def on_train_batch_end(self, trainer, loss) -> None:
+        if trainer.global_step == 5 and trainer.context.rank == 1:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
 def run_case(case: str, out: Path) -> dict[str, Any]:
     if case == "resume":
         full = summary(*fit(case, out / "resume-full"))
         fit(case, out / "resume-cut", callbacks=[StopAfter(5)])  # mid-epoch 2: a sharded checkpoint at step 5
         resumed = summary(*fit(case, out / "resume-cut", resume=out / "resume-cut"))
         return {**resumed, "uninterrupted": full["weights"]}
-    trainer, result, logged = fit(case, out / case)
+    if case == "resume_signal":
+        _, stopped, _ = fit(case, out / case, callbacks=[SigtermOnRank1()])
+        resumed = summary(*fit(case, out / case, resume=out / case))
+        return {**resumed, "stopped": {"step": stopped.global_step, "reason": stopped.stop_reason}}
+    trainer, result, logged = fit(case, out / case, evaluate_first=case == "evaluate_first")
     row = summary(trainer, result, logged)
     if case == "best":
         whole = trainer.full_model()

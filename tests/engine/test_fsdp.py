@@ -3,8 +3,8 @@ a timeout, so a hang fails instead of stalling), compared with the same cases un
 
 Cases (``tests/engine/fsdp_matrix.py``): every unit sharded separately, with an uneven validation
 split; gradient accumulation with clipping; a mid-epoch stop and resume from a sharded checkpoint
-(dropout: each rank's RNG matters); the best checkpoint restored at the end and the model saved;
-bf16 mixed precision. Then ``mmfuse.load`` consolidates the sharded checkpoints on one process.
+(dropout: each rank's RNG matters), and the same after a SIGTERM to one rank; the best checkpoint
+restored at the end and the model saved; an evaluation before the first step; bf16 mixed precision. Then ``mmfuse.load`` consolidates the sharded checkpoints on one process.
 The configuration errors need no launch.
 """
 
@@ -17,6 +17,7 @@ import torch
 
 import mmfuse
 from mmfuse.engine.checkpoint import CheckpointError
+from mmfuse.engine.fsdp import EmptyBatchUnderFSDP, EveryRankForward
 from mmfuse.engine.trainer import Trainer
 from mmfuse.recipe import RecipeError
 from tests.engine.ddp_matrix import RowsCollate
@@ -78,6 +79,17 @@ def test_a_resume_from_a_sharded_checkpoint_is_exact(launch):
 
 
 @pytest.mark.slow
+def test_a_sigterm_on_one_rank_checkpoints_every_shard_and_resumes_exactly(launch):
+    _, ranks = launch
+    for rank in ranks["resume_signal"]:
+        assert rank["stopped"] == {"step": 6, "reason": "signal"}
+    resumed, uninterrupted = ranks["resume_signal"][0], ranks["resume"][0]["uninterrupted"]
+    assert resumed["step"] == 8
+    for key, tensor in uninterrupted.items():
+        assert torch.equal(resumed["weights"][key], tensor), key
+
+
+@pytest.mark.slow
 def test_bf16_mixed_precision_trains(launch):
     _, ranks = launch
     pair = ranks["bf16"]
@@ -87,6 +99,23 @@ def test_bf16_mixed_precision_trains(launch):
     assert pair[0]["metrics"]["val/loss"] == pytest.approx(ranks["plain"][0]["metrics"]["val/loss"], abs=0.05)
     plain = ranks["plain"][0]["weights"]
     assert any(not torch.equal(tensor, plain[key]) for key, tensor in pair[0]["weights"].items())
+
+
+@pytest.mark.slow
+def test_an_evaluation_before_the_first_step_changes_nothing(launch):
+    _, ranks = launch
+    first, plain = ranks["evaluate_first"][0], ranks["plain"][0]
+    assert first["step"] == plain["step"]
+    for key, tensor in plain["weights"].items():
+        assert torch.equal(first["weights"][key], tensor), key
+    assert first["metrics"] == plain["metrics"]
+
+
+def test_an_empty_micro_batch_under_fsdp_is_explained_not_hung():
+    step = EveryRankForward(torch.nn.Identity(), rank=1)
+    for batch in (None, {"inputs": {}, "present": {}, "targets": {}, "skipped": 4}):
+        with pytest.raises(EmptyBatchUnderFSDP, match="rank 1: a training micro-batch has no rows.*data.drop_last"):
+            step(batch)
 
 
 @pytest.mark.slow

@@ -145,7 +145,12 @@ class VideoRegions(FeatureRegions):
             + part_index(height, self.rows).view(1, -1, 1) * self.columns
             + part_index(width, self.columns).view(1, 1, -1)
         )  # [n, H, W]
-        clip.masked_fill_(hidden[region].unsqueeze(1), 0.0)
+        blank = hidden[region].unsqueeze(1)
+        clip.masked_fill_(blank, 0.0)
+        if 0 < count < inputs["frames"].shape[1]:
+            # padding frames may be copies of the last real frame (video_native): blank them as it,
+            # or they would show what was hidden (zero padding stays zero)
+            inputs["frames"][row, count:].masked_fill_(blank[-1:], 0.0)
 
 
 class AudioRegions(FeatureRegions):

@@ -98,6 +98,18 @@ def test_video_targets_are_segment_mean_colours_of_the_real_frames():
     assert torch.equal(layout.targets({"frames": frames, "frame_mask": frame_mask}, 0)[0], values)
 
 
+def test_padding_copies_of_the_last_frame_are_hidden_with_it():
+    frames = torch.rand(1, 5, 3, 4, 4)
+    frames[0, 3:] = frames[0, 2]  # video_native pads short clips with the last frame, masked 0
+    inputs = {"frames": frames, "frame_mask": torch.tensor([[1, 1, 1, 0, 0]])}
+    layout = VideoRegions([3, 2, 2], cells=1)
+    hidden = torch.zeros(12, dtype=torch.bool)
+    hidden[8] = True  # the last segment's top-left tube
+    layout.hide(inputs, 0, hidden)
+    assert (frames[0, 2:, :, :2, :2] == 0).all() and torch.equal(frames[0, 3], frames[0, 2])
+    assert (frames[0, :2] != 0).all() and (frames[0, 2:, :, 2:] != 0).all()
+
+
 def test_audio_targets_are_log_mel_energies_of_each_span():
     rate, spans = 8000, 4
     layout = AudioRegions(spans, bands=8, sample_rate=rate)
@@ -246,6 +258,65 @@ def test_an_encoder_of_another_modality_and_bad_settings_are_refused_with_the_fi
         parse_recipe(recipe(SMALL_IMAGE, image_grid=[1, 1]))
     with pytest.raises(ValueError, match="decoder_heads"):
         parse_recipe(recipe(SMALL_IMAGE, decoder_heads=5))
+
+
+# --------------------------------------------------------------------------- every built-in family
+
+
+@pytest.fixture(scope="module")
+def tiny_folders(tmp_path_factory) -> dict[str, Path]:
+    from mmfuse.testing.tiny_models import save_tiny_timm, save_tiny_videomae, save_tiny_wav2vec2
+
+    folder = tmp_path_factory.mktemp("tiny")
+    return {
+        "vit": save_tiny_timm(folder / "vit", "test_vit", image_size=32),
+        "resnet": save_tiny_timm(folder / "resnet", "test_resnet"),
+        "wav2vec2": save_tiny_wav2vec2(folder / "wav2vec2"),
+        "videomae": save_tiny_videomae(folder / "videomae", num_frames=4, image_size=32),
+    }
+
+
+AUDIO_8K = {"sample_rate": 8000, "max_seconds": 0.5}
+#: every built-in encoder of the three families, in the form a recipe names it
+BUILTIN_ENCODERS = {
+    "image_timm (ViT tokens + CLS)": lambda f: {"type": "image_timm", "model": f"local-dir:{f['vit']}"},
+    "image_cnn (native sizes)": lambda f: {**SMALL_IMAGE},
+    "audio_mel": lambda f: {"type": "audio_mel", "model": "test_resnet", "pretrained": False, "n_mels": 32,
+                            "n_fft": 256, "hop_length": 128, **AUDIO_8K},
+    "audio_cnn": lambda f: {"type": "audio_cnn", "widths": [8], "n_mels": 16, "n_fft": 256, "hop_length": 128, **AUDIO_8K},
+    "audio_speech": lambda f: {"type": "audio_speech", "model": str(f["wav2vec2"]), "max_seconds": 0.5},
+    "sequence (audio)": lambda f: {"type": "sequence", "input": "audio", "widths": [8, 8], **AUDIO_8K},
+    "video_frames": lambda f: {"type": "video_frames", "model": f"local-dir:{f['resnet']}", "num_frames": 4},
+    "video_native (VideoMAE)": lambda f: {"type": "video_native", "model": str(f["videomae"]), "num_frames": 4},
+}
+
+
+def raw_values(modality: str, count: int) -> list:
+    rng = np.random.default_rng(1)
+    if modality == "image":
+        from PIL import Image
+
+        return [Image.fromarray(rng.integers(0, 256, (24 + 8 * i, 32, 3), dtype=np.uint8)) for i in range(count)]
+    if modality == "audio":  # clips of different lengths: padding in the batch
+        return [(rng.standard_normal(2000 + 1000 * i).astype(np.float32), 8000) for i in range(count)]
+    return [rng.integers(0, 256, (2 + i, 32, 32, 3), dtype=np.uint8) for i in range(count)]  # short clips: padding
+
+
+@pytest.mark.parametrize("name", sorted(BUILTIN_ENCODERS))
+def test_every_builtin_image_audio_and_video_encoder_trains_with_it(name, tiny_folders):
+    torch.manual_seed(0)
+    model = build_fused_model(parse_recipe(recipe(BUILTIN_ENCODERS[name](tiny_folders))))
+    values = raw_values(model.encoders["x"].modality, 3)
+    batch = collate(model, values, present=[True, False, True])
+    weights = batch["targets"]["mf"][:, 1]
+    assert weights[0].sum() > 0 and weights[2].sum() > 0 and weights[1].sum() == 0
+    model.train()
+    loss = model.compute_loss(model(batch), batch["targets"])[0]
+    assert math.isfinite(loss.item()) and loss.item() > 0
+    loss.backward()
+    decoder = model.tasks["mf"].decoder
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in decoder.head.parameters())
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.encoders["x"].parameters())
 
 
 # --------------------------------------------------------------------------- the demo data

@@ -26,6 +26,7 @@ __all__ = ["content_digest", "preprocessor_identity", "identity_digest", "cachea
 _DECODING_LIBRARIES = ("torch", "torchvision", "pillow", "numpy", "timm", "transformers", "tokenizers", "av", "soundfile", "torchaudio")
 
 _file_digests: dict[tuple[str, int, int, int], str] = {}
+_text_digests: dict[str, str] = {}
 
 
 def cacheable_value(value: Any) -> bool:
@@ -55,6 +56,12 @@ def content_digest(value: Any, *, is_file: bool) -> str:
         digest = hasher.hexdigest()
         _file_digests[memo] = digest
         return digest
+    if isinstance(value, str):  # a text: immutable, so its digest is remembered (it repeats every epoch)
+        known = _text_digests.get(value)
+        if known is None:
+            hasher.update(b"value:" + json.dumps(value, ensure_ascii=False).encode())
+            known = _text_digests[value] = hasher.hexdigest()
+        return known
     hasher.update(b"value:" + json.dumps(value, sort_keys=True, ensure_ascii=False).encode())
     return hasher.hexdigest()
 

@@ -65,6 +65,14 @@ class _Namespace:
         self.digest = digest
         self.store = store
         self.memory: dict[str, dict[str, Tensor]] = {}
+        #: sample keys already computed (read-only: the collate function copies them into the batch)
+        self.keys: dict[str, Tensor] = {}
+
+    def key(self, content: str) -> Tensor:
+        found = self.keys.get(content)
+        if found is None:
+            found = self.keys[content] = key_tensor(self.digest, content)
+        return found
 
 
 class SampleCache:
@@ -129,7 +137,7 @@ class SampleCache:
         else:
             self.hits += 1
         if self.emit_keys and not (self.augmented and augments(preprocessor)):
-            tensors = {**tensors, SAMPLE_KEY: key_tensor(space.digest, content)}
+            tensors = {**tensors, SAMPLE_KEY: space.key(content)}
         return tensors
 
     def _lookup(self, space: _Namespace, content: str) -> dict[str, Tensor] | None:
@@ -167,14 +175,17 @@ def split_sample_keys(values: list[dict[str, Tensor] | None]) -> tuple[list[dict
     them, ``Long[B, 2]`` keys with zeros for items that have none), or (items, None)."""
     if not any(item is not None and SAMPLE_KEY in item for item in values):
         return values, None
-    keys = torch.zeros(len(values), 2, dtype=torch.long)
+    none = torch.zeros(2, dtype=torch.long)
+    rows: list[Tensor] = []
     cleaned: list[dict[str, Tensor] | None] = []
-    for index, item in enumerate(values):
+    for item in values:
         if item is not None and SAMPLE_KEY in item:
-            keys[index] = item[SAMPLE_KEY]
+            rows.append(item[SAMPLE_KEY])
             item = {name: tensor for name, tensor in item.items() if name != SAMPLE_KEY}
+        else:
+            rows.append(none)
         cleaned.append(item)
-    return cleaned, keys
+    return cleaned, torch.stack(rows)  # one copy for the batch
 
 
 def resolve_mode(mode: str, *, num_workers: int, warm_on_disk: bool = False) -> str:

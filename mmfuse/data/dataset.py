@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal, Mapping
 
 from torch import Tensor
@@ -83,6 +84,7 @@ class ManifestDataset(Dataset):
         self._skip_reasons: dict[int, str] = {}
         self._targets: list[dict[str, Tensor]] = []
         self._logged = 0
+        self._paths: dict[str, str] = {}
         #: set on the training split only: seed of ``Preprocessor.augment`` (mmfuse.data.augmentation)
         self.augmentation_seed: int | None = None
         #: a :class:`mmfuse.cache.samples.SampleCache` consulted before a preprocessor runs
@@ -142,10 +144,7 @@ class ManifestDataset(Dataset):
         if value is None:
             return None
         if preprocessor.reads_files and isinstance(value, str):
-            path = self.manifest.resolve(value)
-            if not path.is_file():
-                raise self._error(row, column, _not_a_file(path))
-            value = str(path)
+            value = self._resolved_path(value)
         try:
             if self.sample_cache is not None:
                 return self.sample_cache.fetch(name, preprocessor, value, lambda: preprocessor(value))
@@ -153,8 +152,19 @@ class ManifestDataset(Dataset):
         except SampleError as exc:  # the preprocessor's own message already says what is wrong
             raise self._error(row, column, str(exc)) from exc
         except READ_ERRORS as exc:
+            # existence is checked after a failure, not before every read (one stat less per
+            # file and epoch; the up-front check_files pass has already reported missing files)
+            if preprocessor.reads_files and isinstance(value, str) and not Path(value).is_file():
+                raise self._error(row, column, _not_a_file(Path(value))) from exc
             what = f"cannot read {preprocessor.modality} file {value}" if preprocessor.reads_files else f"bad {preprocessor.modality} value"
             raise self._error(row, column, f"{what}: {type(exc).__name__}: {exc}") from exc
+
+    def _resolved_path(self, value: str) -> str:
+        """A row's media path made absolute against the data root (remembered: rows repeat every epoch)."""
+        resolved = self._paths.get(value)
+        if resolved is None:
+            resolved = self._paths[value] = str(self.manifest.resolve(value))
+        return resolved
 
     def _error(self, row: Row, column: str | None, reason: str) -> DataError:
         return DataError(reason, manifest=self.manifest.path, line=row.line, column=column)

@@ -210,6 +210,12 @@ class ImagePreprocessor(Preprocessor):
             height, width = max(p.shape[1] for p in present), max(p.shape[2] for p in present)
         else:
             height = width = _BLANK_SIDE
+        full = (self.channels, height, width)
+        if len(present) == len(items) and all(p.shape == full and p.dtype == torch.float32 for p in present):
+            # every row present at the full size (always so with image_size): one stack, no padding
+            pixels = torch.stack(present)
+            mask = torch.ones(len(items), height, width, dtype=torch.bool)
+            return {"pixels": pixels, "pixel_mask": mask} if self.with_mask else {"pixels": pixels}
         pixels = torch.zeros(len(items), self.channels, height, width)
         mask = torch.zeros(len(items), height, width, dtype=torch.bool)
         for index, item in enumerate(items):

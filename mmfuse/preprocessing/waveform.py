@@ -95,6 +95,10 @@ class WaveformPreprocessor(Preprocessor):
     def collate(self, items: Sequence[dict[str, Tensor] | None]) -> dict[str, Tensor]:
         lengths = [item["waveform"].shape[0] for item in items if item is not None]
         length = self.max_samples if self.pad_to_max or not lengths else max(lengths)
+        if len(lengths) == len(items) and all(count == length for count in lengths):
+            # every clip present at the full length: one stack, no padding
+            waveform = torch.stack([item["waveform"] for item in items]).float()  # type: ignore[index]
+            return {"waveform": waveform, "attention_mask": torch.ones(len(items), length, dtype=torch.long)}
         waveform = torch.zeros(len(items), length)
         # a missing clip is a full row of silence counted as real, so no model ever sees an
         # all-padding row; the presence mask excludes it downstream

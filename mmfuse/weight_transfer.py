@@ -152,9 +152,19 @@ def transfer_weights(
         for source_key, target_key in pairs:
             # state_dict() tensors share storage with the parameters and buffers: copy in place,
             # so an optimizer built before the transfer keeps pointing at the same tensors
-            target_state[target_key].copy_(source_state[source_key])
+            _copy_into(target_state[target_key], source_state[source_key])
             report.loaded.append(target_key)
     return report
+
+
+def _copy_into(target: torch.Tensor, value: torch.Tensor) -> None:
+    """``target.copy_(value)``; a target sharded by FSDP (a DTensor: ``trainer.strategy: fsdp``)
+    takes this rank's shard of ``value`` (every rank read the same source, so no communication)."""
+    from torch.distributed.tensor import DTensor, distribute_tensor
+
+    if isinstance(target, DTensor):
+        value = distribute_tensor(value.to(target.device), target.device_mesh, target.placements, src_data_rank=None)
+    target.copy_(value)
 
 
 def _in_target(key: str, target_state: Mapping[str, torch.Tensor]) -> str:

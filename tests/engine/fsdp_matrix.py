@@ -22,8 +22,10 @@ import torch
 import yaml
 
 from mmfuse.artifact import save
+from mmfuse.chain_config import InitFromConfig
 from mmfuse.engine.callbacks import Callback
 from mmfuse.engine.trainer import Trainer
+from mmfuse.weight_transfer import InitFrom
 from tests.engine.ddp_matrix import NO_DROPOUT, QUIET, LoggedLosses, RowsCollate
 from tests.engine.stop_after import StopAfter
 from tests.engine.torchrun_cases import run_cases
@@ -47,9 +49,11 @@ CASES: dict[str, dict[str, Any]] = {
     # evaluated before the first training step (a resume with a pending validation does that):
     # the first forward then runs inside the evaluation's gathered parameters
     "evaluate_first": {"fusion": NO_DROPOUT, "trainer": {"fsdp": EVERY_UNIT}},
+    # init_from the model folder `best` saved (a chain's next stage): fusion and heads start fresh
+    "init_from": {"fusion": NO_DROPOUT},
     "bf16": {"fusion": NO_DROPOUT, "trainer": {"fsdp": {"mixed_precision": {"param_dtype": "bf16", "reduce_dtype": "fp32"}}}},
 }
-REFERENCES = ("plain", "accumulate_clip", "best")
+REFERENCES = ("plain", "accumulate_clip", "best", "init_from")
 HANG_AFTER_S = 300
 
 
@@ -112,6 +116,9 @@ def run_case(case: str, out: Path) -> dict[str, Any]:
         _, stopped, _ = fit(case, out / case, callbacks=[SigtermOnRank1()])
         resumed = summary(*fit(case, out / case, resume=out / case))
         return {**resumed, "stopped": {"step": stopped.global_step, "reason": stopped.stop_reason}}
+    if case.endswith("init_from"):  # after `best` in the launch
+        init = InitFrom(InitFromConfig(source=str(out / "best" / "model"), map={"encoders.feats": "encoders.feats", "encoders.extra": "encoders.extra"}))
+        return summary(*fit(case, out / case, callbacks=[init]))
     trainer, result, logged = fit(case, out / case, evaluate_first=case == "evaluate_first")
     row = summary(trainer, result, logged)
     if case == "best":

@@ -38,8 +38,9 @@ class PrototypeTask(SingleLabelTask):
         # linear head), so a model trained without the engine's callback still learns something
         self.register_buffer("prototypes", torch.randn(self.num_classes, fused_dim) / math.sqrt(fused_dim))
         self.register_buffer("prototype_rows", torch.zeros(self.num_classes))
+        # shape [1], not a scalar: FSDP's fully_shard cannot shard a 0-dim parameter
         self.log_scale = nn.Parameter(
-            torch.tensor(math.log(1.0 / config.temperature)), requires_grad=config.learn_temperature
+            torch.full((1,), math.log(1.0 / config.temperature)), requires_grad=config.learn_temperature
         )
 
     # ------------------------------------------------------------------ logits

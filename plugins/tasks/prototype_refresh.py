@@ -9,9 +9,10 @@ every epoch-end checkpoint and the saved model use prototypes of the weights the
 
 How: one pass over the training split in eval mode without gradients (no dropout, no BatchNorm
 updates, no augmentation, no modality dropout), each rank over its share of the rows, then the
-per-class sums and counts are summed across ranks, so every rank holds the same prototypes. The
-pass goes through the model's ``encode`` (the frozen-encoder feature cache serves it when it is
-on) and its fusion head.
+per-class sums and counts are summed across ranks, so every rank holds the same prototypes (under
+FSDP inside ``trainer.evaluating()``, which gathers the parameters once). The pass runs the model's
+forward (the frozen-encoder feature cache serves its encoders when it is on) and reads the fusion
+head's output.
 """
 
 from __future__ import annotations
@@ -89,22 +90,29 @@ class PrototypeRefresh(Callback):
             trainer.train_dataset, trainer.collate, trainer.data, train=False,
             rank=context.rank, world_size=context.world_size, seed=trainer.seed,
         )
+        # the whole model's forward, not encode + fusion: under FSDP the first forward must enter
+        # through the root module; the fusion head's output is read by a forward hook
+        fused: list[torch.Tensor] = []
+        hook = model.fusion.register_forward_hook(lambda module, inputs, output: fused.append(output))
         was_training = model.training
         model.eval()
         try:
-            with _without_augmentation(trainer.train_dataset), torch.no_grad():
+            # trainer.evaluating(): under FSDP the parameters are gathered once, since ranks' shares
+            # of the rows (and so their batch counts) may differ
+            with trainer.evaluating(), _without_augmentation(trainer.train_dataset), torch.no_grad():
                 for batch in loader:
                     batch.pop("skipped", None)
                     if is_empty_batch(batch):
                         continue
                     batch = move_to_device(batch, trainer.device)
+                    fused.clear()
                     with trainer.autocast():
-                        features, present = model.encode(batch)
-                        fused = model.fusion(features, present)
-                    batch_sums, batch_counts = task.class_sums(fused, batch["targets"][self.task])
+                        model(batch)
+                    batch_sums, batch_counts = task.class_sums(fused[0], batch["targets"][self.task])
                     sums += batch_sums
                     counts += batch_counts
         finally:
+            hook.remove()
             model.train(was_training)
         all_reduce_sum(sums, context)
         all_reduce_sum(counts, context)

@@ -61,11 +61,12 @@ def _class_means_by_hand(model, recipe, rows) -> torch.Tensor:
 
 
 @pytest.mark.slow
-def test_two_processes_draw_the_same_shots_and_share_the_prototypes(tmp_path):
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_two_processes_draw_the_same_shots_and_share_the_prototypes(tmp_path, strategy):
     from mmfuse.artifact import load_model
 
     path = _recipe_file(tmp_path)
-    output = train_under_torchrun([str(path), "--run-dir", str(tmp_path / "ddp")], cwd=tmp_path)
+    output = train_under_torchrun([str(path), f"trainer.strategy={strategy}", "--run-dir", str(tmp_path / "ddp")], cwd=tmp_path)
     assert "kept 12 of 21 training rows" in output
     assert "tasks.label: prototypes from 12 training rows (3 classes)" in output
 

@@ -15,6 +15,7 @@ and read the model and optimizer parts of a checkpoint, and for the whole traine
 from __future__ import annotations
 
 import contextlib
+from abc import ABC, abstractmethod
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, ContextManager
@@ -31,7 +32,7 @@ from mmfuse.engine.state import TrainState
 __all__ = ["Strategy", "Replicated", "build_strategy"]
 
 
-class Strategy:
+class Strategy(ABC):
     """The interface; :class:`Replicated` and :class:`~mmfuse.engine.fsdp.Sharded` implement it."""
 
     def __init__(self, config: TrainerConfig, context: DistributedContext) -> None:
@@ -40,38 +41,38 @@ class Strategy:
     def shard(self, model: nn.Module) -> None:
         """Prepare ``model`` (already on its device) before the optimizer is built over its parameters."""
 
+    @abstractmethod
     def wrap(self, loss_step: nn.Module) -> nn.Module | None:
         """The module a training step calls in place of ``loss_step``; None: ``loss_step`` itself
         (nothing to synchronise)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def without_gradient_sync(self, wrapped: nn.Module) -> ContextManager[Any]:
         """Around the backward of a micro-batch that is not the last of its step."""
-        raise NotImplementedError
 
     def evaluating(self, model: nn.Module) -> ContextManager[Any]:
         """Around an evaluation, which every rank runs on its own share of the batches."""
         return contextlib.nullcontext()
 
+    @abstractmethod
     def save_checkpoint(
         self, folder: Path, model: nn.Module, optimizer: torch.optim.Optimizer, state: TrainState, meta: dict[str, Any]
     ) -> Path:
         """Write the checkpoint of ``state`` (optimizer, schedule, RNG... captured except the
         optimizer's); a collective. Return its path on every rank."""
-        raise NotImplementedError
 
+    @abstractmethod
     def load_weights(self, checkpoint: Checkpoint, model: nn.Module) -> None:
         """Copy a checkpoint's weights into the model (every rank)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def load_optimizer(self, checkpoint: Checkpoint, saved: TrainState, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
         """Restore the optimizer's state from a checkpoint (every rank)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def full_model(self, model: nn.Module) -> nn.Module | None:
         """The trained model with all of its weights on rank 0 (for saving and predicting); a
         collective. None on the other ranks when only rank 0 gets one."""
-        raise NotImplementedError
 
 
 class Replicated(Strategy):

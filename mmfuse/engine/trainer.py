@@ -13,7 +13,8 @@ The loop: ``fit`` -> one ``_train_epoch`` per epoch -> one ``train_step`` per op
 (forward, loss, backward of each micro-batch, then clip and step). Stages apply before a step,
 through ``_apply_due_stages`` alone, and ``train_step`` reads the current (possibly re-wrapped)
 DDP module every step. How the processes share the model (DDP, or FSDP's shards) is the
-:class:`~mmfuse.engine.strategy.Strategy`'s business (``trainer.strategy``). Everything a checkpoint holds lives in one :class:`TrainState`.
+:class:`~mmfuse.engine.strategy.Strategy`'s business (``trainer.strategy``). Everything a
+checkpoint holds lives in one :class:`TrainState`.
 
 Elsewhere: the loss module and empty batches in :mod:`~mmfuse.engine.step`, evaluation in
 :mod:`~mmfuse.engine.evaluation`, loss bookkeeping between logs in :mod:`~mmfuse.engine.window`,

@@ -51,7 +51,9 @@ CASES: dict[str, dict[str, Any]] = {
     "evaluate_first": {"fusion": NO_DROPOUT, "trainer": {"fsdp": EVERY_UNIT}},
     # init_from the model folder `best` saved (a chain's next stage): fusion and heads start fresh
     "init_from": {"fusion": NO_DROPOUT},
-    "bf16": {"fusion": NO_DROPOUT, "trainer": {"fsdp": {"mixed_precision": {"param_dtype": "bf16", "reduce_dtype": "fp32"}}}},
+    # bf16 parameters in forward / backward, fp32 reduction, and autocast on top
+    "bf16": {"fusion": NO_DROPOUT, "trainer": {"precision": "bf16",
+                                               "fsdp": {"mixed_precision": {"param_dtype": "bf16", "reduce_dtype": "fp32"}}}},
 }
 REFERENCES = ("plain", "accumulate_clip", "best", "init_from")
 HANG_AFTER_S = 300

@@ -106,3 +106,31 @@ def test_an_encoder_that_cannot_checkpoint_is_an_error_naming_the_key():
     }
     with pytest.raises(ValueError, match=r"encoders\.words\.gradient_checkpointing: .* cannot checkpoint activations"):
         build_fused_model(parse_recipe(raw))
+
+
+def test_a_trainer_config_without_a_recipe_still_applies_the_list_with_a_warning(tmp_path, capsys):
+    from mmfuse.engine.config import TrainerConfig
+    from mmfuse.engine.trainer import Trainer
+    from tests.engine.tiny import SyntheticRows, TinyCollate, tiny_model, tiny_recipe
+
+    model = tiny_model(tiny_recipe())
+    calls = []
+    model.encoders["feats"].set_grad_checkpointing = lambda enable=True: calls.append(enable)
+    config = TrainerConfig(epochs=1, max_steps=1, progress="off", tensorboard="off", gradient_checkpointing=["feats"])
+    trainer = Trainer(model, config, SyntheticRows(8), TinyCollate(model), run_dir=tmp_path / "run")
+    with pytest.warns(FutureWarning, match=r"encoders\.<name>\.gradient_checkpointing: true"):
+        trainer.fit()
+    assert calls == [True] and "gradient checkpointing: feats" in capsys.readouterr().out
+
+
+def test_turning_checkpointing_on_is_not_a_different_run_on_resume():
+    from mmfuse.engine.run_settings import describe_run
+    from tests.engine.tiny import tiny_recipe
+
+    def settings(*overrides):
+        recipe = tiny_recipe(*overrides)
+        return describe_run(seed=0, data=recipe.data, world_size=1, grad_accum_steps=1, train_rows=8,
+                            recipe=recipe, optimizer=None, scheduler=None)["encoders"]
+
+    assert settings("encoders.feats.gradient_checkpointing=true") == settings()
+    assert settings("encoders.feats.freeze=true") != settings()  # a real change still counts

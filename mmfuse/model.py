@@ -54,6 +54,9 @@ class FusedModel(nn.Module):
 
     #: run each encoder on the rows where ``present`` is True only (False: on every row)
     gather_present_rows: bool = True
+    #: run every encoder's forward in every batch, even one without a row of its modality (FSDP:
+    #: each forward is a collective); those rows' features stay zero and masked
+    every_encoder_forwards: bool = False
 
     def __init__(
         self,
@@ -108,7 +111,9 @@ class FusedModel(nn.Module):
                 continue
             mask = masks.get(name)
             if gather and mask is not None:
-                features[name] = encode_present_rows(encoder, inputs[name], mask, name)
+                features[name] = encode_present_rows(
+                    encoder, inputs[name], mask, name, always_forward=self.every_encoder_forwards
+                )
             else:
                 features[name] = encoder(inputs[name])
             if mask is None:

@@ -44,11 +44,19 @@ def is_capturing_graph() -> bool:
     )
 
 
-def encode_present_rows(encoder: Encoder, inputs: Mapping[str, Tensor], present: Tensor, name: str) -> EncoderOutput:
+def encode_present_rows(
+    encoder: Encoder, inputs: Mapping[str, Tensor], present: Tensor, name: str, *, always_forward: bool = False
+) -> EncoderOutput:
     """``encoder`` run on the rows where ``present`` is True, scattered back to ``present``'s batch.
 
     ``name`` (the encoder's slot) only names it in the warning given when its inputs do not all
-    have the batch as first dimension (then every row runs, as the static path does)."""
+    have the batch as first dimension (then every row runs, as the static path does).
+
+    ``always_forward``: the encoder's forward (and backward) must run even when no row has its
+    modality, as under FSDP, where each forward all-gathers the encoder's parameters with the
+    other processes. It then runs on the first row in eval mode (no BatchNorm statistics
+    change, no dropout draw) and its output enters the result only multiplied by zero, which
+    keeps the backward's gradient collectives in step with the other processes."""
     size = int(present.shape[0])
     if any(not isinstance(t, Tensor) or t.ndim == 0 or t.shape[0] != size for t in inputs.values()):
         _warn_not_batch_first(name, inputs, size)
@@ -59,24 +67,44 @@ def encode_present_rows(encoder: Encoder, inputs: Mapping[str, Tensor], present:
     if count == size:
         return _run(encoder, dict(inputs), count)
     if count == 0:
+        if always_forward:
+            return _forward_without_rows(encoder, inputs, size, _device(inputs, present))
         return skipped_output(encoder, size, _device(inputs, present))
     rows = rows.to(_device(inputs, present))
     output = _run(encoder, {key: tensor.index_select(0, rows) for key, tensor in inputs.items()}, count)
     return _scatter(output, rows, size)
 
 
-def skipped_output(encoder: Encoder, size: int, device: torch.device) -> EncoderOutput:
+def skipped_output(encoder: Encoder, size: int, device: torch.device, *, anchored: bool = True) -> EncoderOutput:
     """The output of an encoder that no row of a batch of ``size`` needs: zeros, one token each,
-    all masked; tied to the encoder's trainable parameters by a zero while autograd records."""
+    all masked; tied to the encoder's trainable parameters by a zero while autograd records
+    (``anchored``)."""
     dim = int(encoder.output_dim)
     dtype = _floating_dtype(encoder, device)
     tokens = torch.zeros(size, 1, dim, dtype=dtype, device=device)
     pooled = torch.zeros(size, dim, dtype=dtype, device=device)
-    trainable = [p for p in encoder.parameters() if p.requires_grad] if torch.is_grad_enabled() else []
+    trainable = [p for p in encoder.parameters() if p.requires_grad] if anchored and torch.is_grad_enabled() else []
     if trainable:
         anchor = torch.stack([p.sum().to(dtype) for p in trainable]).sum() * 0.0
         tokens, pooled = tokens + anchor, pooled + anchor
     return EncoderOutput(tokens=tokens, mask=torch.zeros(size, 1, dtype=torch.bool, device=device), pooled=pooled)
+
+
+def _forward_without_rows(encoder: Encoder, inputs: Mapping[str, Tensor], size: int, device: torch.device) -> EncoderOutput:
+    """:func:`skipped_output`'s zeros, tied by a zero to a real forward of the first row (eval mode)."""
+    training = encoder.training
+    encoder.eval()
+    try:
+        output = encoder({key: tensor[:1] for key, tensor in inputs.items()})
+    finally:
+        encoder.train(training)
+    skipped = skipped_output(encoder, size, device, anchored=False)
+    anchor = (output.pooled.float().sum() + output.tokens.float().sum()) * 0.0
+    return EncoderOutput(
+        tokens=skipped.tokens + anchor.to(skipped.tokens.dtype),
+        mask=skipped.mask,
+        pooled=skipped.pooled + anchor.to(skipped.pooled.dtype),
+    )
 
 
 def _run(encoder: Encoder, inputs: dict[str, Tensor], rows: int) -> EncoderOutput:

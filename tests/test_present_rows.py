@@ -152,6 +152,36 @@ def test_a_skipped_encoder_joins_autograd_with_zero_gradients():
     assert not model.encode(batch)[0]["right"].pooled.requires_grad  # frozen: nothing to tie
 
 
+def test_every_encoder_forwards_runs_an_empty_modality_without_changing_anything():
+    """FSDP's mode: an encoder whose modality no row has still runs (its forward and backward are
+    collectives there), on one row in eval mode, and contributes nothing: zero features, zero
+    gradients, BatchNorm statistics untouched, train mode restored."""
+    skipping = _model().train()
+    forwarding = copy.deepcopy(skipping)
+    forwarding.every_encoder_forwards = True
+    encoder = forwarding.encoders["right"]
+    stats = {k: v.clone() for k, v in encoder.norm.state_dict().items()}
+    batch = _batch([None, None, None])
+    results = []
+    for model in (skipping, forwarding):
+        outputs = model(batch)
+        loss, _ = model.compute_loss(outputs, batch["targets"])
+        loss.backward()
+        results.append((outputs["score"], {n: p.grad for n, p in model.named_parameters()}))
+    assert skipping.encoders["right"].calls == [] and encoder.calls == [1]
+    assert encoder.training and encoder.norm.training
+    assert all(torch.equal(encoder.norm.state_dict()[k], v) for k, v in stats.items())
+    (out_a, grads_a), (out_b, grads_b) = results
+    assert torch.equal(out_a, out_b)
+    for name, grad in grads_a.items():
+        assert torch.equal(grads_b[name], grad), name
+    assert all(torch.equal(g, torch.zeros_like(g)) for n, g in grads_b.items() if n.startswith("encoders.right"))
+    # rows that have the modality are still the only ones encoded
+    encoder.calls.clear()
+    forwarding(_batch([None, ROWS[0], None, ROWS[1]]))
+    assert encoder.calls == [2]
+
+
 def test_a_one_row_sub_batch_uses_running_statistics():
     model = _model().train()
     norm = model.encoders["right"].norm

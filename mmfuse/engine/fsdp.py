@@ -11,8 +11,10 @@ becomes FSDP's ``MixedPrecisionPolicy``.
 
 Every rank must run the forward of every unit equally often (each forward all-gathers). Hence:
 
-- encoders run on every row of a batch (``FusedModel.gather_present_rows = False``): skipping an
-  encoder on a rank whose batch lacks its modality would leave the other ranks waiting;
+- every encoder runs its forward in every batch (``FusedModel.every_encoder_forwards``): skipping
+  an encoder on a rank whose batch lacks its modality would leave the other ranks waiting. It
+  still encodes only the rows that have the modality (absent rows never reach BatchNorm, as under
+  DDP); a batch with none runs the first row in eval mode and multiplies it by zero;
 - a training micro-batch with no rows (all skipped, or one row that BatchNorm cannot take) stops
   the fit with a clear error instead of hanging;
 - evaluation, where ranks may hold different numbers of batches, first gathers every unit once
@@ -124,7 +126,7 @@ class Sharded(Strategy):
 
         settings = self.config.fsdp
         self.skeleton = _meta_copy(model)  # before sharding: the structure of the model to save
-        model.gather_present_rows = False  # type: ignore[assignment]  # every encoder runs on every rank
+        model.every_encoder_forwards = True  # type: ignore[assignment]  # every rank all-gathers every encoder
         precision = settings.mixed_precision
         policy = MixedPrecisionPolicy(
             param_dtype=DTYPES[precision.param_dtype] if precision and precision.param_dtype else None,

@@ -29,7 +29,7 @@ from mmfuse.weight_transfer import InitFrom
 from tests.engine.ddp_matrix import NO_DROPOUT, QUIET, LoggedLosses, RowsCollate
 from tests.engine.stop_after import StopAfter
 from tests.engine.torchrun_cases import run_cases
-from tests.engine.tiny import SyntheticRows, tiny_model, tiny_recipe
+from tests.engine.tiny import INPUT_DIM, SyntheticRows, tiny_model, tiny_recipe
 
 EVERY_UNIT = {"wrap": ["encoders", "encoder_layers", "fusion"]}
 
@@ -51,11 +51,18 @@ CASES: dict[str, dict[str, Any]] = {
     "evaluate_first": {"fusion": NO_DROPOUT, "trainer": {"fsdp": EVERY_UNIT}},
     # init_from the model folder `best` saved (a chain's next stage): fusion and heads start fresh
     "init_from": {"fusion": NO_DROPOUT},
+    # BatchNorm in an encoder whose modality some rows lack: rank 0's first batch has none of it
+    # (the encoder must still forward there, without touching the statistics), others some
+    "absent_batchnorm": {"fusion": NO_DROPOUT, "data": {"shuffle": False},
+                         "trainer": {"fsdp": {"wrap": ["encoders", "fusion"]}}},
     # bf16 parameters in forward / backward, fp32 reduction, and autocast on top
     "bf16": {"fusion": NO_DROPOUT, "trainer": {"precision": "bf16",
                                                "fsdp": {"mixed_precision": {"param_dtype": "bf16", "reduce_dtype": "fp32"}}}},
 }
-REFERENCES = ("plain", "accumulate_clip", "best", "init_from")
+REFERENCES = ("plain", "accumulate_clip", "best", "init_from", "absent_batchnorm")
+#: rows without the ``extra`` modality in ``absent_batchnorm`` (unshuffled, rank r reads rows r, r+2, ...:
+#: rank 0's first batch is rows 0, 2, 4, 6, all absent; rank 1's first batch has all four)
+ABSENT_EXTRA = {0, 2, 4, 6, 9, 13, 20}
 HANG_AFTER_S = 300
 
 
@@ -72,15 +79,42 @@ def recipe_of(case: str):
     trainer = {**QUIET, "epochs": 2, "log_every_steps": 2, **sections.pop("trainer", {}), "strategy": strategy}
     if strategy == "ddp":
         trainer.pop("fsdp", None)
-    return tiny_recipe(data={"batch_size": 4, "eval_batch_size": 4}, trainer=trainer, **sections)
+    data = {"batch_size": 4, "eval_batch_size": 4, **sections.pop("data", {})}
+    return tiny_recipe(data=data, trainer=trainer, **sections)
+
+
+class IndexedRows(SyntheticRows):
+    """SyntheticRows whose rows carry their index (to mark some of them absent)."""
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        return {**super().__getitem__(index), "index": index}
+
+
+class SomeRowsLackExtra(RowsCollate):
+    """The rows of :data:`ABSENT_EXTRA` without the ``extra`` modality (its present mask False)."""
+
+    def __call__(self, rows: list[dict[str, Any]]) -> dict[str, Any]:
+        batch = super().__call__(rows)
+        batch["present"]["extra"] = torch.tensor([row["index"] not in ABSENT_EXTRA for row in rows])
+        return batch
+
+
+def with_batchnorm(model):
+    """The ``extra`` encoder normalises its input with BatchNorm (its ``norm`` slot; Identity by default)."""
+    model.encoders["extra"].norm = torch.nn.BatchNorm1d(INPUT_DIM)
+    return model
 
 
 def fit(case: str, run_dir: Path, callbacks=(), resume=None, evaluate_first=False) -> tuple[Trainer, Any, LoggedLosses]:
     recipe = recipe_of(case)
     model = tiny_model(recipe)
+    rows, val_rows, collate = SyntheticRows(32), SyntheticRows(9, seed=1), RowsCollate(model)
+    if case.endswith("absent_batchnorm"):
+        model, collate = with_batchnorm(model), SomeRowsLackExtra(model)
+        rows, val_rows = IndexedRows(32), IndexedRows(9, seed=1)
     logged = LoggedLosses()
     trainer = Trainer.from_recipe(
-        recipe, model, SyntheticRows(32), RowsCollate(model), val_dataset=SyntheticRows(9, seed=1),
+        recipe, model, rows, collate, val_dataset=val_rows,
         run_dir=run_dir, callbacks=[logged, *callbacks],
     )
     write_recipe(trainer, run_dir)
